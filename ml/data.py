@@ -1,0 +1,50 @@
+"""Reading a HAM10000 folder: images, metadata and the lesion-grouped train/val/test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .labels import CLASSES
+
+
+def make_split(metadata: pd.DataFrame, seed: int = 0, val: float = 0.1, test: float = 0.2) -> pd.DataFrame:
+    """Split by lesion (no lesion on two sides), stratified by class, seeded.
+
+    Used only where a folder has no ``split.csv``; the project's own data ships a fixed one.
+    """
+    rng = np.random.default_rng(seed)
+    lesions = metadata.groupby("lesion_id")["dx"].first()
+    parts = {}
+    for _, group in lesions.groupby(lesions):
+        ids = group.index.to_numpy().copy()
+        rng.shuffle(ids)
+        n_test, n_val = round(len(ids) * test), round(len(ids) * val)
+        parts.update({i: "test" for i in ids[:n_test]})
+        parts.update({i: "val" for i in ids[n_test : n_test + n_val]})
+        parts.update({i: "train" for i in ids[n_test + n_val :]})
+    out = metadata[["image_id", "lesion_id", "dx"]].copy()
+    out["split"] = out["lesion_id"].map(parts)
+    return out
+
+
+def load_dataset(data_dir: str | Path) -> pd.DataFrame:
+    """One row per image: image_id, lesion_id, dx, label (index into CLASSES), split, path."""
+    data_dir = Path(data_dir)
+    split_file = data_dir / "split.csv"
+    if split_file.exists():
+        frame = pd.read_csv(split_file)
+    else:
+        frame = make_split(pd.read_csv(data_dir / "HAM10000_metadata.csv"))
+    unknown = set(frame["dx"]) - set(CLASSES)
+    if unknown:
+        raise ValueError(f"unknown classes in {data_dir}: {sorted(unknown)}")
+    frame["label"] = frame["dx"].map(CLASSES.index).astype(int)
+    frame["path"] = [str(data_dir / "images" / f"{i}.jpg") for i in frame["image_id"]]
+    return frame.sort_values("image_id").reset_index(drop=True)
+
+
+def part(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    return frame[frame["split"] == name].reset_index(drop=True)

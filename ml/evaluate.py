@@ -1,0 +1,269 @@
+"""Evaluate a model on the test part and write its model card: ``python -m ml.evaluate``.
+
+Predictions come from the same code as ``ml.predict`` (written to CSV and read back), so the card's numbers
+are those of the served file, not of a training log. Writes, beside the model: ``metrics.json``,
+``MODEL_CARD.md``, ``test_predictions.csv`` and PNG plots (confusion matrix, ROC curves, training curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from . import data, paths  # noqa: E402
+from .inference import Classifier, model_metadata  # noqa: E402
+from .labels import CLASSES, FULL_NAMES  # noqa: E402
+from .metrics import softmax, summary  # noqa: E402
+from .predict import predict_files, write_csv  # noqa: E402
+
+log = logging.getLogger("ml.evaluate")
+
+# As reported by the seed paper (80:20 split by image, so not comparable to a lesion-grouped test part).
+PAPER_REPORTED = {"accuracy": 0.7138, "macro_precision": 0.8577, "macro_recall": 0.6042}
+
+
+def predictions(model: Path, frame: pd.DataFrame, part: str, csv_out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) for one split part, through ml.predict's CSV."""
+    rows = data.part(frame, part)
+    files, probs = predict_files([Path(p) for p in rows["path"]], Classifier(model))
+    if len(files) != len(rows):
+        raise RuntimeError(f"{len(rows) - len(files)} {part} images could not be read")
+    write_csv(csv_out, files, probs)
+    read = pd.read_csv(csv_out).set_index("image").loc[rows["image_id"]]
+    return rows["label"].to_numpy(), read[list(CLASSES)].to_numpy()
+
+
+def plot_confusion(matrix: list[list[int]], out: Path) -> None:
+    m = np.asarray(matrix, float)
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(CLASSES)):
+        for j in range(len(CLASSES)):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(CLASSES)), CLASSES)
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix, test part (colour: row-normalised)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(y: np.ndarray, probs: np.ndarray, per_class: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, c in enumerate(CLASSES):
+        fpr, tpr, _ = roc_curve(y == i, probs[:, i])
+        ax.plot(fpr, tpr, label=f"{c} (AUC {per_class[c]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("One-vs-rest ROC, test part")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(history: list[dict], out: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train loss (class-weighted)")
+    a.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    a.set_xlabel("epoch")
+    a.legend()
+    for key in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall"):
+        b.plot(epochs, [h[key] for h in history], label=f"val {key}")
+    b.set_xlabel("epoch")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def per_class_auc(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    return {c: float(roc_auc_score(y == i, probs[:, i])) for i, c in enumerate(CLASSES)}
+
+
+ROW_KEYS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_auc", "melanoma_recall")
+
+
+def fmt(value) -> str:
+    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def model_card(meta: dict, metrics: dict) -> str:
+    test, val = metrics["test"], metrics["val"]
+    recipe = meta["recipe"]
+    lines = [
+        f"# Model card: {meta['name']}",
+        "",
+        f"Version `{meta['version']}`, trained {meta['created_at']} with seed {recipe['seed']} "
+        f"in {meta['train_seconds'] / 60:.0f} minutes on this project's 2-core CPU. Evaluated {metrics['evaluated_at']}.",
+        "",
+        "**Screening aid only, never a diagnosis.** The model sorts dermoscopic images of skin lesions into the "
+        "seven HAM10000 classes. A clinician decides; a lesion of concern is biopsied or referred whatever the model says.",
+        "",
+        "## Headline (HAM10000 test part, lesion-grouped, "
+        f"{test['n']} images, measured from `ml.predict` output of the served TFLite file)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[
+            f"| {k.replace('_', ' ')} | {fmt(test[k])} |"
+            for k in (
+                "accuracy",
+                "balanced_accuracy",
+                "macro_auc",
+                "melanoma_recall",
+                "malignant_sensitivity",
+                "malignant_specificity",
+                "macro_precision",
+                "macro_recall",
+                "macro_f1",
+                "weighted_precision",
+                "weighted_recall",
+                "weighted_f1",
+            )
+        ],
+        f"| ECE before temperature scaling | {fmt(metrics['ece_before_temperature'])} |",
+        f"| ECE after temperature scaling (served) | {fmt(metrics['ece_after_temperature'])} |",
+        "",
+        "## Per class (test)",
+        "",
+        "| class | name | support | precision | recall | F1 | AUC |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {c} | {FULL_NAMES[c]} | {test['per_class'][c]['support']} | {fmt(test['per_class'][c]['precision'])} "
+            f"| {fmt(test['per_class'][c]['recall'])} | {fmt(test['per_class'][c]['f1'])} | {fmt(metrics['test_auc_per_class'][c])} |"
+            for c in CLASSES
+        ],
+        "",
+        "![confusion matrix](confusion_matrix.png) ![ROC curves](roc_curves.png)",
+        "",
+        "## Table 1: the seed paper's comparison, every row measured by our code on the same test part",
+        "",
+        "| approach | accuracy | balanced acc. | macro precision | macro recall | macro AUC | melanoma recall |",
+        "|---|---|---|---|---|---|---|",
+        "| seed paper, as reported (80:20 split by image; not comparable) | "
+        + " | ".join(fmt(PAPER_REPORTED.get(k)) for k in ROW_KEYS)
+        + " |",
+        *[f"| {name} | " + " | ".join(fmt(row.get(k)) for k in ROW_KEYS) + " |" for name, row in metrics["table1"].items()],
+        "",
+        "The SVM's scores are margins, not probabilities: its AUC ranks them, its calibration is not reported.",
+        "",
+        "## How it was made",
+        "",
+        f"- Data: HAM10000 ({meta['images']['train']} train / {meta['images']['val']} val / {meta['images']['test']} test "
+        "images, split by lesion). Fit on train, every choice on val, test only for this card.",
+        f"- Input {meta['input_size'][1]}x{meta['input_size'][0]} (the images are 200x150), MobileNetV2 1.0 with ImageNet "
+        f"weights, global average pooling, Dense {recipe['units']} ReLU, Dropout {recipe['dropout']}, Dense 7 softmax.",
+        f"- Recipe `{recipe['name']}`: layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
+        f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour); "
+        f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
+        f"warm-up and cosine decay; up to {recipe['epochs']} epochs of batch {recipe['batch_size']}, the epoch with the "
+        f"best val {recipe['select_on']} kept (early-stopping patience {recipe['patience']}).",
+    ]
+    if "logit_adjustment" in meta:
+        la = meta["logit_adjustment"]
+        lines += [
+            f"- Operating point, chosen on val: logits - tau * log(train prior) with tau = {la['tau']:.2f} (the highest "
+            f"val balanced accuracy with val accuracy >= {recipe['min_val_accuracy']}), then temperature "
+            f"T = {meta['temperature']:.3f} fitted on val by log-likelihood; both folded into the last layer.",
+            f"- On val at that point: accuracy {fmt(val['accuracy'])}, balanced accuracy {fmt(val['balanced_accuracy'])}, "
+            f"macro AUC {fmt(val['macro_auc'])}, melanoma recall {fmt(val['melanoma_recall'])}.",
+        ]
+    lines += [
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "## Files",
+        "",
+        *[f"- `{name}`: sha256 `{digest}`" for name, digest in meta["files"].items()],
+        "",
+        "Reproduce: `python -m ml.train` (writes the model and its JSON here), `python -m ml.baselines`, "
+        "`python -m ml.train --recipe paper`, then `python -m ml.evaluate --reference paper=ml/runs/paper/paper.tflite`.",
+        "",
+        "## Limits",
+        "",
+        "- HAM10000 comes from two centres (Vienna, Queensland), mostly fair skin; other dermatoscopes, skin types and "
+        "acquisition settings will do worse. Rare classes (df, vasc, akiec) have few test images, so their figures are "
+        "wide-margin estimates.",
+        "- Images are 200x150 downscales: fine structure visible at full resolution is lost.",
+        "- Not for use without dermoscopy, on non-lesion images, or as the only basis of a clinical decision.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines: Path | None) -> dict:
+    meta = model_metadata(model)
+    out = model.parent
+    frame = data.load_dataset(data_dir)
+    y_test, p_test = predictions(model, frame, "test", out / "test_predictions.csv")
+    y_val, p_val = predictions(model, frame, "val", out / "val_predictions.csv")
+    t = float(meta.get("temperature", 1.0))
+    uncalibrated = softmax(t * np.log(np.clip(p_test, 1e-12, None)))  # undo the folded temperature
+    test = summary(y_test, p_test)
+    table = {}
+    if baselines and baselines.exists():
+        names = {"always_nv": "always nv", "svm_frozen_features": "SVM on frozen MobileNetV2 features",
+                 "basic_cnn": "basic CNN from scratch (10 epochs, 100x75)"}
+        table.update({names.get(k, k): v for k, v in json.loads(baselines.read_text()).items()})
+    for name, ref in references.items():
+        table[f"MobileNetV2, {name} recipe"] = summary(*predictions(ref, frame, "test", ref.with_suffix(".test.csv")))
+    table["MobileNetV2, ours (served)"] = test
+    metrics = {
+        "model_version": meta["version"],
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "test": test,
+        "val": summary(y_val, p_val),
+        "test_auc_per_class": per_class_auc(y_test, p_test),
+        "ece_before_temperature": summary(y_test, uncalibrated)["ece"],
+        "ece_after_temperature": test["ece"],
+        "temperature": t,
+        "table1": table,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_confusion(test["confusion_matrix"], out / "confusion_matrix.png")
+    plot_roc(y_test, p_test, metrics["test_auc_per_class"], out / "roc_curves.png")
+    if meta.get("history"):
+        plot_history(meta["history"], out / "training_curves.png")
+    (out / "MODEL_CARD.md").write_text(model_card(meta, metrics))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL)
+    parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    parser.add_argument("--baselines", type=Path, default=paths.MODELS_DIR / "baselines.json")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME=TFLITE",
+                        help="another model to add as a Table 1 row, e.g. paper=ml/runs/paper/paper.tflite")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    references = dict((name, Path(path)) for name, path in (r.split("=", 1) for r in args.reference))
+    metrics = evaluate(args.model, args.data_dir, references, args.baselines)
+    t = metrics["test"]
+    print(
+        f"test: accuracy {t['accuracy']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, macro AUC "
+        f"{t['macro_auc']:.4f}, melanoma recall {t['melanoma_recall']:.4f}; card: {args.model.parent / 'MODEL_CARD.md'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

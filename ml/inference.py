@@ -1,0 +1,88 @@
+"""How an image becomes 7 probabilities in the service: a LiteRT interpreter over the shipped TFLite file.
+
+A worker process creates one :class:`Classifier` (``get_classifier()``) and reuses it for every task; the
+interpreter is light (no TensorFlow import) and fast at batch 1 on a CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import paths
+from .labels import CLASSES, MALIGNANT
+from .preprocess import ImageSource, preprocess
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: dict[str, float]
+    predicted_class: str
+    confidence: float
+    malignant: bool
+    model_version: str
+
+
+def model_metadata(model_path: str | Path) -> dict:
+    """The JSON written beside a model by ``ml.train`` (version, classes, input size, calibration)."""
+    meta_file = Path(model_path).with_suffix(".json")
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{meta_file} is missing: a model must ship with its metadata")
+    return json.loads(meta_file.read_text())
+
+
+class Classifier:
+    def __init__(self, model_path: str | Path | None = None, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_path = Path(model_path or paths.SHIPPED_MODEL)
+        meta = model_metadata(self.model_path)
+        if tuple(meta["classes"]) != CLASSES:
+            raise ValueError(f"{self.model_path}: classes {meta['classes']} differ from {CLASSES}")
+        self.version: str = meta["version"]
+        self.input_size: tuple[int, int] = tuple(meta["input_size"])
+        threads = num_threads or int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0)) or os.cpu_count() or 1
+        self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch = None
+        self._lock = threading.Lock()  # an interpreter is not thread-safe
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """(n, h, w, 3) preprocessed arrays -> (n, 7) probabilities."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            if self._batch != len(batch):
+                self._interpreter.resize_tensor_input(self._input, batch.shape)
+                self._interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self._interpreter.set_tensor(self._input, batch)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output).copy()
+
+    def predict(self, source: ImageSource) -> Prediction:
+        probs = self.predict_arrays(preprocess(source, self.input_size)[None])[0]
+        return self.to_prediction(probs)
+
+    def to_prediction(self, probs: np.ndarray) -> Prediction:
+        probs = probs.astype(np.float64) / probs.sum()
+        best = int(np.argmax(probs))
+        return Prediction(
+            probabilities={c: float(p) for c, p in zip(CLASSES, probs)},
+            predicted_class=CLASSES[best],
+            confidence=float(probs[best]),
+            malignant=CLASSES[best] in MALIGNANT,
+            model_version=self.version,
+        )
+
+
+@functools.cache
+def get_classifier() -> Classifier:
+    """The process's classifier, loaded on first use and kept."""
+    return Classifier()

@@ -1,0 +1,107 @@
+"""Classification metrics on probability matrices (numpy + scikit-learn only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from .labels import CLASSES, MALIGNANT_INDICES
+
+MEL = CLASSES.index("mel")
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def summary(y: np.ndarray, probs: np.ndarray) -> dict:
+    """Every number the model card reports, from true labels and a (n, 7) probability matrix."""
+    labels = list(range(len(CLASSES)))
+    pred = probs.argmax(axis=1)
+    p, r, f, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    macro = skm.precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+    weighted = skm.precision_recall_fscore_support(y, pred, labels=labels, average="weighted", zero_division=0)
+    malignant_true = np.isin(y, MALIGNANT_INDICES)
+    malignant_pred = np.isin(pred, MALIGNANT_INDICES)
+    try:
+        auc = float(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels))
+    except ValueError:  # a class absent from y: AUC undefined
+        auc = float("nan")
+    return {
+        "n": int(len(y)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "balanced_accuracy": float(np.mean([r[i] for i in labels if support[i] > 0])),
+        "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]),
+        "macro_f1": float(macro[2]),
+        "weighted_precision": float(weighted[0]),
+        "weighted_recall": float(weighted[1]),
+        "weighted_f1": float(weighted[2]),
+        "macro_auc": auc,
+        "melanoma_recall": float(r[MEL]),
+        "malignant_sensitivity": float((malignant_pred & malignant_true).sum() / max(malignant_true.sum(), 1)),
+        "malignant_specificity": float((~malignant_pred & ~malignant_true).sum() / max((~malignant_true).sum(), 1)),
+        "ece": expected_calibration_error(y, probs),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, c in enumerate(CLASSES)
+        },
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(logits / T) (grid + refine)."""
+
+    def nll(t: float) -> float:
+        p = softmax(logits / t)
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    grid = np.exp(np.linspace(np.log(0.2), np.log(10.0), 200))
+    best = min(grid, key=nll)
+    fine = np.linspace(best * 0.95, best * 1.05, 101)
+    return float(min(fine, key=nll))
+
+
+def choose_logit_adjustment(
+    y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_accuracy: float = 0.80
+) -> tuple[float, list[dict]]:
+    """Pick tau for logits - tau * log(prior) on held-out data.
+
+    The rule: the highest balanced accuracy among the taus that keep accuracy >= ``min_accuracy``; if none
+    does, the best mean of accuracy and balanced accuracy. One scalar rather than 7 thresholds, because the
+    rare classes have only a few dozen validation images (see FIELD_NOTES).
+    """
+    rows = []
+    for tau in np.round(np.arange(0.0, 1.51, 0.05), 2):
+        pred = (logits - tau * np.log(prior)).argmax(axis=1)
+        recalls = [np.mean(pred[y == c] == c) for c in range(len(prior)) if np.any(y == c)]
+        rows.append(
+            {
+                "tau": float(tau),
+                "accuracy": float(np.mean(pred == y)),
+                "balanced_accuracy": float(np.mean(recalls)),
+                "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else float("nan"),
+            }
+        )
+    ok = [r for r in rows if r["accuracy"] >= min_accuracy]
+    if ok:
+        best = max(ok, key=lambda r: (r["balanced_accuracy"], -r["tau"]))
+    else:
+        best = max(rows, key=lambda r: r["accuracy"] + r["balanced_accuracy"])
+    return best["tau"], rows

@@ -1,0 +1,100 @@
+"""The classifier: MobileNetV2 (ImageNet weights from a file) + global average pooling + Dense/ReLU + Dropout + Dense softmax.
+
+The model is one flat Keras graph, so Grad-CAM can read the last convolutional activations (``out_relu``)
+and the same file can be fine-tuned further. Batch normalisation is frozen (inference mode) everywhere:
+the shipped ImageNet weights have BN folded into the convolutions, and batch statistics would wreck them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from .labels import CLASSES
+from .preprocess import INPUT_SIZE
+
+LAST_CONV_LAYER = "out_relu"
+
+
+def build_classifier(
+    weights: str | Path | None,
+    input_size: tuple[int, int] = INPUT_SIZE,
+    units: int = 256,
+    dropout: float = 0.3,
+    alpha: float = 1.0,
+    seed: int = 0,
+    freeze_batch_norm: bool = True,
+) -> keras.Model:
+    """``weights``: path to MobileNetV2 ImageNet weights (no top), or None for random init (tests).
+
+    ``freeze_batch_norm=False`` only makes sense from random init: there the batch statistics are all the
+    scale the network has (the tests train a tiny network from scratch this way).
+    """
+    base = keras.applications.MobileNetV2(
+        input_shape=(*input_size, 3),
+        include_top=False,
+        weights=str(weights) if weights else None,
+        alpha=alpha,
+    )
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = not freeze_batch_norm  # Keras 3 runs a non-trainable BN layer in inference mode
+    x = layers.GlobalAveragePooling2D(name="pool")(base.output)
+    x = layers.Dense(units, activation="relu", name="fc", kernel_initializer=keras.initializers.HeNormal(seed))(x)
+    x = layers.Dropout(dropout, name="dropout", seed=seed)(x)
+    out = layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
+    return keras.Model(base.input, out, name="skinsite_mobilenetv2")
+
+
+def _inputs_of(layer: keras.layers.Layer) -> list[str]:
+    node = layer._inbound_nodes[0]
+    return [t._keras_history[0].name for t in keras.tree.flatten(node.input_tensors)]
+
+
+def split_model(model: keras.Model, cut: str, until: str | None = None) -> tuple[keras.Model, keras.Model]:
+    """Split at layer ``cut`` into (lower, upper) that share the original layers and weights.
+
+    ``upper`` runs from after ``cut`` to the output, or to layer ``until`` where given.
+
+    Training ``upper`` on cached outputs of ``lower`` trains the same variables as ``model``: there is no
+    copying back. ``cut`` must be a layer whose output is the only tensor that later layers need
+    (a block's ``_add`` layer in MobileNetV2).
+    """
+    names = [layer.name for layer in model.layers]
+    index = names.index(cut)
+    lower = keras.Model(model.input, model.get_layer(cut).output, name="lower")
+    inp = keras.Input(model.get_layer(cut).output.shape[1:], name="cached")
+    tensors = {cut: inp}
+    for layer in model.layers[index + 1 :]:
+        sources = _inputs_of(layer)
+        missing = [s for s in sources if s not in tensors]
+        if missing:
+            raise ValueError(f"cannot cut at {cut}: {layer.name} also reads {missing}")
+        args = [tensors[s] for s in sources]
+        tensors[layer.name] = layer(args if len(args) > 1 else args[0])
+        if layer.name == until:
+            break
+    upper = keras.Model(inp, tensors[until or model.layers[-1].name], name="upper")
+    return lower, upper
+
+
+def set_trainable_from(model: keras.Model, first: str | None, freeze_batch_norm: bool = True) -> None:
+    """Freeze every layer before ``first`` (a layer name); None freezes the whole MobileNetV2 base."""
+    names = [layer.name for layer in model.layers]
+    start = names.index(first) if first else names.index("pool")
+    for i, layer in enumerate(model.layers):
+        is_bn = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= start and not (is_bn and freeze_batch_norm)
+
+
+def fold_output_adjustment(model: keras.Model, bias, temperature: float) -> None:
+    """Bake a logit adjustment and a temperature into the last Dense layer, in place.
+
+    softmax((W x + b + bias) / T) is again a softmax Dense layer with W/T and (b + bias)/T, so the served
+    file outputs calibrated probabilities at the chosen operating point with no custom layer.
+    """
+    dense = model.get_layer("probs")
+    kernel, b = dense.get_weights()
+    dense.set_weights([kernel / temperature, (b + bias) / temperature])

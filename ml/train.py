@@ -1,0 +1,259 @@
+"""Train the classifier: ``python -m ml.train [--recipe improved|paper]``.
+
+Both recipes fine-tune from cached activations of the frozen lower MobileNetV2 blocks (see ml/features.py):
+- ``paper``: the seed paper's reference row. Frozen base, head only, Adam 1e-4, cross-entropy, batch 16,
+  10 epochs, augmentation (drawn from the cached augmented copies), no class weights, no calibration.
+- ``improved`` (default): blocks 10-16 fine-tuned with the head, batch norm frozen, class weights
+  (inverse frequency ** 0.5), Adam with warm-up and cosine decay, model selection on val macro AUC with
+  early stopping, then on val: a logit adjustment for the operating point and temperature scaling, both
+  folded into the last layer so the served file outputs the calibrated probabilities it decides on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from . import data, features, paths  # noqa: E402
+from .export import to_tflite  # noqa: E402
+from .labels import CLASSES  # noqa: E402
+from .metrics import choose_logit_adjustment, fit_temperature, softmax, summary  # noqa: E402
+from .model import build_classifier, fold_output_adjustment, set_trainable_from, split_model  # noqa: E402
+from .preprocess import INPUT_SIZE  # noqa: E402
+
+log = logging.getLogger("ml.train")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    cut: str = "block_9_add"  # activations cached up to here
+    trainable_from: str | None = "block_10_expand"  # None: head only
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    warmup_epochs: int = 1
+    class_weight_power: float = 0.5  # 0: plain cross-entropy, 1: fully balanced
+    copies: int = 6  # copy 0 plain, the rest augmented
+    units: int = 256
+    dropout: float = 0.3
+    patience: int = 4
+    select_on: str | None = "macro_auc"  # None: keep the last epoch
+    adjust_and_calibrate: bool = True
+    min_val_accuracy: float = 0.80
+    seed: int = 0
+    input_size: tuple[int, int] = INPUT_SIZE
+    alpha: float = 1.0  # MobileNetV2 width; the ImageNet weights are for 1.0
+    freeze_batch_norm: bool = True  # always with ImageNet weights (see the weights' README)
+
+
+RECIPES = {
+    "improved": Recipe("improved"),
+    "paper": Recipe(
+        "paper",
+        trainable_from=None,
+        epochs=10,
+        batch_size=16,
+        learning_rate=1e-4,
+        warmup_epochs=0,
+        class_weight_power=0.0,
+        select_on=None,
+        adjust_and_calibrate=False,
+        patience=0,
+    ),
+}
+
+
+def class_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Per-sample weights (n_total / n_class) ** power, scaled to mean 1 so the loss keeps its size."""
+    counts = np.maximum(np.bincount(labels, minlength=len(CLASSES)), 1).astype(float)
+    weights = (counts.sum() / counts) ** power
+    return weights[labels] / weights[labels].mean()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train(recipe: Recipe, data_dir: Path, weights: Path | None, out: Path, cache_dir: Path, limit: int | None = None) -> dict:
+    started = time.time()
+    keras.utils.set_random_seed(recipe.seed)
+    frame = data.load_dataset(data_dir)
+    if limit:  # a quick smoke run on a few images per part
+        frame = frame.groupby("split", group_keys=False).head(limit)
+    y_train = data.part(frame, "train")["label"].to_numpy()
+    y_val = data.part(frame, "val")["label"].to_numpy()
+
+    model = build_classifier(
+        weights, recipe.input_size, recipe.units, recipe.dropout, recipe.alpha, recipe.seed, recipe.freeze_batch_norm
+    )
+    set_trainable_from(model, recipe.trainable_from, recipe.freeze_batch_norm)
+    lower, upper = split_model(model, recipe.cut)
+    lower_fn = tf.function(lambda x, training=False: lower(x, training=False))
+    key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed) + (f"_limit{limit}" if limit else "")
+    cache = cache_dir / key
+
+    def acts(part: str, copy: int = 0) -> np.ndarray:
+        return features.cached(lower_fn, frame, part, copy, recipe.seed, recipe.input_size, cache)
+
+    train_acts = np.stack([acts("train", k) for k in range(recipe.copies)])
+    val_acts = np.asarray(acts("val"))
+    log.info("cache ready after %.0f s: train %s, val %s", time.time() - started, train_acts.shape, val_acts.shape)
+
+    if recipe.trainable_from is None:
+        # Frozen base: run it once per cached copy, then only the head trains (same maths, far cheaper).
+        to_pool = split_model(model, recipe.cut, until="pool")[1]
+        trained = split_model(model, "pool")[1]
+        pool_fn = tf.function(lambda x: to_pool(x, training=False))
+
+        def pooled(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([pool_fn(a[i : i + 256]).numpy() for i in range(0, len(a), 256)])
+
+        train_inputs = np.stack([pooled(a) for a in tqdm(train_acts, desc="pooling copies")])
+        val_inputs = pooled(val_acts)
+    else:
+        trained, train_inputs, val_inputs = upper, train_acts, val_acts
+
+    steps = int(np.ceil(len(y_train) / recipe.batch_size))
+    warmup = steps * recipe.warmup_epochs
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=recipe.learning_rate / 20 if warmup else recipe.learning_rate,
+        decay_steps=max(steps * recipe.epochs - warmup, 1),
+        warmup_target=recipe.learning_rate if warmup else None,
+        warmup_steps=warmup,
+        alpha=0.0 if recipe.select_on else 1.0,
+    )
+    if not recipe.select_on:  # the paper: constant learning rate
+        schedule = recipe.learning_rate
+    trained.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy")
+    sample_weight = class_weights(y_train, recipe.class_weight_power)
+
+    rng = np.random.default_rng(recipe.seed)
+    history, best, best_weights, stale = [], -np.inf, None, 0
+    for epoch in range(1, recipe.epochs + 1):
+        t0 = time.time()
+        order = rng.permutation(len(y_train))
+        copy = rng.integers(0, recipe.copies, len(y_train))
+        losses = []
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{recipe.epochs}", unit="step", mininterval=10)
+        for s in bar:
+            idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
+            x = train_inputs[copy[idx], idx].astype(np.float32)
+            losses.append(float(trained.train_on_batch(x, y_train[idx], sample_weight=sample_weight[idx])))
+            if s % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
+        m = summary(y_val, val_probs)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean()),
+            **{k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")},
+            "seconds": round(time.time() - t0, 1),
+        }
+        history.append(row)
+        log.info("epoch %s", json.dumps(row))
+        if recipe.select_on:
+            if row[recipe.select_on] > best:
+                best, best_weights, stale = row[recipe.select_on], model.get_weights(), 0
+            else:
+                stale += 1
+                if stale >= recipe.patience:
+                    log.info("early stop: no better val %s for %d epochs", recipe.select_on, stale)
+                    break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+        log.info("kept the epoch with the best val %s: %.4f", recipe.select_on, best)
+
+    result: dict = {"recipe": asdict(recipe), "history": history}
+    if recipe.adjust_and_calibrate:
+        logits = np.log(np.clip(trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0), 1e-12, None))
+        prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
+        tau, sweep = choose_logit_adjustment(y_val, logits, prior, recipe.min_val_accuracy)
+        bias = -tau * np.log(prior)
+        temperature = fit_temperature(y_val, logits + bias)
+        fold_output_adjustment(model, bias, temperature)
+        result.update(
+            logit_adjustment={"tau": tau, "bias": bias.tolist(), "sweep": sweep},
+            temperature=temperature,
+            val_before_calibration=summary(y_val, softmax(logits + bias)),
+            val=summary(y_val, softmax((logits + bias) / temperature)),
+        )
+        log.info("operating point tau=%.2f, temperature=%.3f", tau, temperature)
+    else:
+        result.update(temperature=1.0, val=summary(y_val, trained.predict(val_inputs.astype(np.float32), verbose=0)))
+
+    out.mkdir(parents=True, exist_ok=True)
+    keras_file, tflite_file = out / f"{out_name(recipe)}.keras", out / f"{out_name(recipe)}.tflite"
+    model.save(keras_file, include_optimizer=False)
+    to_tflite(model, tflite_file)
+    digest = sha256(tflite_file)
+    stamp = datetime.now(timezone.utc)
+    result.update(
+        name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
+        version=f"mnv2-ham10000-{recipe.name}-{stamp:%Y%m%d}-{digest[:8]}",
+        created_at=stamp.isoformat(timespec="seconds"),
+        classes=list(CLASSES),
+        input_size=list(recipe.input_size),
+        files={keras_file.name: sha256(keras_file), tflite_file.name: digest},
+        train_seconds=round(time.time() - started, 1),
+        data_dir=str(data_dir),
+        images={p: int((frame["split"] == p).sum()) for p in ("train", "val", "test")},
+        python=sys.version.split()[0],
+        tensorflow=tf.__version__,
+    )
+    (out / f"{out_name(recipe)}.json").write_text(json.dumps(result, indent=2))
+    log.info("saved %s (%s) in %.0f s", keras_file, result["version"], result["train_seconds"])
+    return result
+
+
+def out_name(recipe: Recipe) -> str:
+    return "skinsite" if recipe.name == "improved" else recipe.name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="improved")
+    parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    parser.add_argument("--weights", type=Path, default=paths.IMAGENET_WEIGHTS, help="MobileNetV2 no-top .h5")
+    parser.add_argument("--out", type=Path, help="default: ml/models (improved) or ml/runs/<recipe>")
+    parser.add_argument("--cache-dir", type=Path, default=paths.CACHE_DIR)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--copies", type=int)
+    parser.add_argument("--limit", type=int, help="only N images per split part (smoke test)")
+    args = parser.parse_args(argv)
+
+    recipe = RECIPES[args.recipe]
+    overrides = {k: v for k in ("seed", "epochs", "copies") if (v := getattr(args, k)) is not None}
+    recipe = replace(recipe, **overrides)
+    out = args.out or (paths.MODELS_DIR if recipe.name == "improved" else paths.RUNS_DIR / recipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(out / f"{out_name(recipe)}.train.log")],
+    )
+    for required in (args.data_dir, args.weights):
+        if not required.exists():
+            parser.error(f"{required} does not exist")
+    train(recipe, args.data_dir, args.weights, out, args.cache_dir, args.limit)
+
+
+if __name__ == "__main__":
+    main()
