@@ -61,10 +61,6 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} ({self.get_role_display()}, {self.clinic})"
 
-    @property
-    def is_clinic_admin(self) -> bool:
-        return self.role == self.Role.CLINIC_ADMIN
-
 
 class Patient(models.Model):
     clinic_lookup = "clinic"

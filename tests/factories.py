@@ -1,5 +1,9 @@
+import io
+
 import factory
 from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 
 from analysis.models import Analysis, Case, Clinic, LesionImage, Membership, Patient
 
@@ -61,3 +65,10 @@ class AnalysisFactory(factory.django.DjangoModelFactory):
         model = Analysis
 
     image = factory.SubFactory(LesionImageFactory)
+
+
+def jpeg_upload(name: str, size: tuple[int, int] = (64, 48)) -> SimpleUploadedFile:
+    """An uploaded JPEG made on the spot, as a browser would send it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "sienna").save(buffer, "JPEG")
+    return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")

@@ -1,10 +1,18 @@
+import hashlib
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from analysis.models import Membership
-from tests.factories import AnalysisFactory, MembershipFactory, UserFactory
+from analysis.models import LesionImage, Membership
+from tests.factories import (
+    AnalysisFactory,
+    CaseFactory,
+    MembershipFactory,
+    UserFactory,
+    jpeg_upload,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +64,23 @@ def test_superuser_can_deactivate_users_from_the_admin(client, superuser, staff)
     assert response.status_code == 302
     staff.refresh_from_db()
     assert staff.is_active is False
+
+
+def test_an_image_uploaded_in_the_admin_is_fingerprinted_and_renamed(client, superuser):
+    case = CaseFactory()
+    upload = jpeg_upload("Max Mustermann.jpg", size=(80, 60))
+    expected_sha256 = hashlib.sha256(upload.read()).hexdigest()
+    upload.seek(0)
+    client.force_login(superuser)
+
+    response = client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": upload})
+
+    assert response.status_code == 302
+    image = LesionImage.objects.get()
+    assert image.original_filename == "Max Mustermann.jpg"
+    assert "Mustermann" not in image.image.name
+    assert image.sha256 == expected_sha256
+    assert (image.width, image.height, image.uploaded_by) == (80, 60, superuser)
 
 
 @pytest.mark.parametrize("is_staff", [False, True])

@@ -1,12 +1,9 @@
 import hashlib
-import io
 from datetime import date, timedelta
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
-from PIL import Image
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT, is_malignant
 from analysis.models import Analysis, Case, LesionImage, Patient
@@ -16,6 +13,7 @@ from tests.factories import (
     ClinicFactory,
     LesionImageFactory,
     PatientFactory,
+    jpeg_upload,
 )
 
 pytestmark = pytest.mark.django_db
@@ -24,12 +22,6 @@ pytestmark = pytest.mark.django_db
 def probabilities(**overrides: float) -> dict[str, float]:
     rest = (1.0 - sum(overrides.values())) / (len(CLASS_CODES) - len(overrides))
     return {code: overrides.get(code, rest) for code in CLASS_CODES}
-
-
-def jpeg_upload(name: str, size=(64, 48)) -> SimpleUploadedFile:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, "sienna").save(buffer, "JPEG")
-    return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")
 
 
 def test_mrn_is_unique_within_a_clinic():
