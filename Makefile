@@ -1,0 +1,34 @@
+# `make run` starts skinsite on this machine; `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+WEB_PORT ?= 8000
+# The Procfile's `python` and `celery` are the virtualenv's.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test lint fmt migrate
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+migrate: $(VENV)/.installed
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py bootstrap_demo --url http://127.0.0.1:$(WEB_PORT)
+	WEB_PORT=$(WEB_PORT) $(BIN)/honcho start
+
+test: $(VENV)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .

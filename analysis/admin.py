@@ -1,0 +1,119 @@
+"""Platform administration (superusers only, see skinsite/admin.py).
+
+Analysis results are read-only here: they come from the model, never from a form.
+"""
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+
+from analysis.models import Analysis, Case, Clinic, LesionImage, Membership, Patient
+
+User = get_user_model()
+
+
+class MembershipInline(admin.StackedInline):
+    model = Membership
+    can_delete = False
+    extra = 0
+    max_num = 1
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class SkinsiteUserAdmin(UserAdmin):
+    inlines = [MembershipInline]
+    list_display = ["username", "email", "clinic", "role", "is_active", "is_superuser", "last_login"]
+    list_filter = ["is_active", "is_superuser", "membership__clinic", "membership__role"]
+    list_select_related = ["membership__clinic"]
+    actions = ["deactivate"]
+
+    @admin.display(ordering="membership__clinic__name")
+    def clinic(self, user):
+        return getattr(getattr(user, "membership", None), "clinic", None)
+
+    @admin.display(ordering="membership__role")
+    def role(self, user):
+        membership = getattr(user, "membership", None)
+        return membership.get_role_display() if membership else ""
+
+    @admin.action(description="Deactivate selected users (they can no longer sign in)")
+    def deactivate(self, request, queryset):
+        count = queryset.update(is_active=False)
+        self.message_user(request, f"Deactivated {count} user(s).", messages.SUCCESS)
+
+
+@admin.register(Clinic)
+class ClinicAdmin(admin.ModelAdmin):
+    list_display = ["name", "time_zone", "created_at"]
+    search_fields = ["name"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "clinic", "role"]
+    list_filter = ["clinic", "role"]
+    list_select_related = ["user", "clinic"]
+    search_fields = ["user__username", "user__email", "clinic__name"]
+    autocomplete_fields = ["user", "clinic"]
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ["name", "mrn", "clinic", "date_of_birth", "sex", "created_at"]
+    list_filter = ["clinic", "sex", "created_at"]
+    list_select_related = ["clinic"]
+    search_fields = ["name", "mrn"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Case)
+class CaseAdmin(admin.ModelAdmin):
+    list_display = ["pk", "patient", "body_site", "status", "clinician", "opened_on", "closed_on"]
+    list_filter = ["patient__clinic", "status", "body_site", "opened_on"]
+    list_select_related = ["patient", "clinician"]
+    search_fields = ["patient__name", "patient__mrn"]
+    autocomplete_fields = ["patient", "clinician"]
+    date_hierarchy = "opened_on"
+
+
+@admin.register(LesionImage)
+class LesionImageAdmin(admin.ModelAdmin):
+    list_display = ["pk", "case", "original_filename", "width", "height", "uploaded_by", "uploaded_at"]
+    list_filter = ["case__patient__clinic", "uploaded_at", "captured_at"]
+    list_select_related = ["case__patient", "uploaded_by"]
+    search_fields = ["case__patient__name", "case__patient__mrn", "original_filename", "sha256"]
+    autocomplete_fields = ["case"]
+    readonly_fields = ["original_filename", "sha256", "width", "height", "uploaded_by", "uploaded_at"]
+    date_hierarchy = "uploaded_at"
+
+    def save_model(self, request, obj, form, change):
+        if "image" in form.changed_data:
+            obj.attach(form.cleaned_data["image"])
+        if not change:
+            obj.uploaded_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Analysis)
+class AnalysisAdmin(admin.ModelAdmin):
+    list_display = ["pk", "image", "status", "predicted_class", "confidence", "malignant", "created_at"]
+    list_filter = [
+        "image__case__patient__clinic",
+        "status",
+        "predicted_class",
+        "malignant",
+        "created_at",
+        "finished_at",
+    ]
+    list_select_related = ["image"]
+    search_fields = ["image__case__patient__name", "image__case__patient__mrn", "model_version"]
+    date_hierarchy = "created_at"
+    autocomplete_fields = ["image"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Everything but the image is written by the worker; the image is fixed once queued.
+        fields = [f.name for f in Analysis._meta.fields if f.name not in ("id", "image")]
+        return [*fields, "image"] if obj else fields

@@ -1,0 +1,311 @@
+"""What a clinic, patient, case, lesion image and analysis are.
+
+Clinical records are never lost by a click: patient -> case -> image -> analysis are joined with
+on_delete=PROTECT, so deleting anything that has records below it is refused, not cascaded.
+Each clinical model names the lookup to its clinic in `clinic_lookup`; analysis/access.py scopes every
+query a staff member can reach with it.
+"""
+
+import hashlib
+import math
+import uuid
+from pathlib import PurePath
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.db import models
+from django.db.models import F, Prefetch
+from django.utils import timezone
+
+from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
+
+
+def default_time_zone() -> str:
+    return settings.TIME_ZONE
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not a known time zone, e.g. Europe/Vienna") from None
+
+
+class Clinic(models.Model):
+    clinic_lookup = "pk"
+
+    name = models.CharField(max_length=200, unique=True)
+    time_zone = models.CharField(max_length=64, default=default_time_zone, validators=[validate_time_zone])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user belongs to exactly one clinic, as staff or as the clinic's admin."""
+
+    class Role(models.TextChoices):
+        STAFF = "staff", "Staff"
+        CLINIC_ADMIN = "clinic_admin", "Clinic admin"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.STAFF)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.get_role_display()}, {self.clinic})"
+
+
+class Patient(models.Model):
+    clinic_lookup = "clinic"
+
+    class Sex(models.TextChoices):
+        FEMALE = "female", "Female"
+        MALE = "male", "Male"
+        OTHER = "other", "Other"
+        UNKNOWN = "unknown", "Unknown"
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, related_name="patients")
+    mrn = models.CharField("medical record number", max_length=64)
+    name = models.CharField(max_length=200)
+    date_of_birth = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=10, choices=Sex.choices, default=Sex.UNKNOWN)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "mrn"]
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "mrn"], name="unique_mrn_per_clinic"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.mrn})"
+
+    def history(self) -> models.QuerySet["Case"]:
+        """Every case, its images and their analyses, oldest first, in three queries whatever
+        the number of rows (cases, images, analyses)."""
+        analyses = Analysis.objects.order_by("created_at", "pk")
+        images = (
+            LesionImage.objects.select_related("uploaded_by")
+            .order_by("uploaded_at", "pk")
+            .prefetch_related(Prefetch("analyses", queryset=analyses))
+        )
+        return (
+            self.cases.select_related("clinician")
+            .order_by("opened_on", "pk")
+            .prefetch_related(Prefetch("images", queryset=images))
+        )
+
+
+class Case(models.Model):
+    """One lesion followed over time on one patient."""
+
+    clinic_lookup = "patient__clinic"
+
+    class BodySite(models.TextChoices):
+        # The HAM10000 `localization` vocabulary, stored as written there.
+        ABDOMEN = "abdomen", "Abdomen"
+        ACRAL = "acral", "Acral"
+        BACK = "back", "Back"
+        CHEST = "chest", "Chest"
+        EAR = "ear", "Ear"
+        FACE = "face", "Face"
+        FOOT = "foot", "Foot"
+        GENITAL = "genital", "Genital"
+        HAND = "hand", "Hand"
+        LOWER_EXTREMITY = "lower extremity", "Lower extremity"
+        NECK = "neck", "Neck"
+        SCALP = "scalp", "Scalp"
+        TRUNK = "trunk", "Trunk"
+        UPPER_EXTREMITY = "upper extremity", "Upper extremity"
+        UNKNOWN = "unknown", "Unknown"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLOSED = "closed", "Closed"
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
+    body_site = models.CharField(max_length=20, choices=BodySite.choices, default=BodySite.UNKNOWN)
+    clinician = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="cases",
+    )
+    opened_on = models.DateField(default=timezone.localdate)
+    closed_on = models.DateField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    clinical_notes = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-opened_on", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Case {self.pk}: {self.get_body_site_display()} of {self.patient}"
+
+
+def lesion_image_path(instance: "LesionImage", filename: str) -> str:
+    # A generated name: the uploader's file name may hold a patient's name (kept in original_filename).
+    return f"lesions/{uuid.uuid4().hex}{_safe_suffix(filename)}"
+
+
+def report_path(instance: "Analysis", filename: str) -> str:
+    return f"reports/{uuid.uuid4().hex}.pdf"
+
+
+def _safe_suffix(filename: str) -> str:
+    suffix = PurePath(filename).suffix.lower()
+    return suffix if suffix in {".jpg", ".jpeg", ".png"} else ""
+
+
+class LesionImage(models.Model):
+    clinic_lookup = "case__patient__clinic"
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="images")
+    image = models.ImageField(upload_to=lesion_image_path, width_field="width", height_field="height")
+    original_filename = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64, db_index=True, editable=False)
+    width = models.PositiveIntegerField(editable=False)
+    height = models.PositiveIntegerField(editable=False)
+    captured_at = models.DateTimeField(null=True, blank=True)
+    # PROTECT: who took a clinical image stays on record; users are deactivated, not deleted.
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploaded_images"
+    )
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-uploaded_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Image {self.pk} of case {self.case_id}"
+
+    def attach(self, upload: File) -> None:
+        """Take an uploaded file: remember its name, fingerprint its bytes; the name it is stored
+        under is generated when the row is saved."""
+        digest = hashlib.sha256()
+        for chunk in upload.chunks():
+            digest.update(chunk)
+        upload.seek(0)
+        self.image = upload
+        self.original_filename = PurePath(upload.name or "").name[:255]
+        self.sha256 = digest.hexdigest()
+
+
+class Analysis(models.Model):
+    """One run of the classifier on one image.
+
+    Status changes only through the transition methods below, each a single conditional UPDATE, so a
+    duplicated or redelivered task cannot run twice or overwrite a newer state.
+    """
+
+    clinic_lookup = "image__case__patient__clinic"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class InvalidTransition(Exception):
+        pass
+
+    image = models.ForeignKey(LesionImage, on_delete=models.PROTECT, related_name="analyses")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    predicted_class = models.CharField(
+        max_length=10, choices=[(code, CLASS_NAMES[code]) for code in CLASS_CODES], blank=True
+    )
+    confidence = models.FloatField(null=True, blank=True)
+    probabilities = models.JSONField(default=dict, blank=True)
+    malignant = models.BooleanField(null=True, blank=True)
+    model_version = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    report = models.FileField(upload_to=report_path, null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "analyses"
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Analysis {self.pk} of image {self.image_id} ({self.status})"
+
+    @classmethod
+    def claim(cls, pk: int) -> bool:
+        """queued -> running. True for exactly one caller; any other claim of the same analysis
+        gets False and must leave it alone."""
+        changed = cls.objects.filter(pk=pk, status=cls.Status.QUEUED).update(
+            status=cls.Status.RUNNING,
+            started_at=timezone.now(),
+            finished_at=None,
+            error="",
+            attempts=F("attempts") + 1,
+        )
+        return changed == 1
+
+    def finish(self, probabilities: dict[str, float], model_version: str) -> None:
+        """running -> done, storing the 7 probabilities and what follows from them."""
+        probabilities = _checked_probabilities(probabilities)
+        predicted = max(probabilities, key=probabilities.__getitem__)
+        self._transition(
+            {self.Status.RUNNING},
+            status=self.Status.DONE,
+            probabilities=probabilities,
+            predicted_class=predicted,
+            confidence=probabilities[predicted],
+            malignant=predicted in MALIGNANT,
+            model_version=model_version,
+            finished_at=timezone.now(),
+            error="",
+        )
+
+    def fail(self, reason: str) -> None:
+        """queued or running -> failed, with a short reason for the staff and the logs."""
+        self._transition(
+            {self.Status.QUEUED, self.Status.RUNNING},
+            status=self.Status.FAILED,
+            error=reason,
+            finished_at=timezone.now(),
+        )
+
+    def requeue(self) -> None:
+        """queued, running (stuck) or failed -> queued, ready for a new task."""
+        self._transition(
+            {self.Status.QUEUED, self.Status.RUNNING, self.Status.FAILED},
+            status=self.Status.QUEUED,
+            queued_at=timezone.now(),
+            started_at=None,
+            finished_at=None,
+        )
+
+    def _transition(self, allowed: set[str], **fields) -> None:
+        changed = type(self).objects.filter(pk=self.pk, status__in=allowed).update(**fields)
+        if changed != 1:
+            current = type(self).objects.filter(pk=self.pk).values_list("status", flat=True).first()
+            raise self.InvalidTransition(f"analysis {self.pk} is {current}, cannot become {fields['status']}")
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+def _checked_probabilities(probabilities: dict[str, float]) -> dict[str, float]:
+    if set(probabilities) != set(CLASS_CODES):
+        raise ValueError(f"probabilities must have exactly the classes {CLASS_CODES}")
+    # float(): the model hands numpy floats, which JSON cannot store.
+    checked = {code: float(probabilities[code]) for code in CLASS_CODES}
+    if not all(0.0 <= p <= 1.0 for p in checked.values()):
+        raise ValueError("probabilities must lie between 0 and 1")
+    if not math.isclose(sum(checked.values()), 1.0, abs_tol=1e-3):
+        raise ValueError(f"probabilities must sum to 1, got {sum(checked.values()):.4f}")
+    return checked

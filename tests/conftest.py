@@ -1,0 +1,49 @@
+import os
+
+import pytest
+from django.conf import settings as django_settings
+
+from skinsite import embedded_redis
+from tests.factories import MembershipFactory, PatientFactory
+from workers import app
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """REDIS_URL when it is set (CI's real Redis), else a private embedded Redis for this test run."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with embedded_redis.running() as url:
+        django_settings.REDIS_URL = django_settings.CELERY_BROKER_URL = url
+        app.conf.broker_url = url
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _private_media_and_fast_passwords(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# The fixture trio for every access rule: staff and a colleague in one clinic, an outsider in another.
+
+
+@pytest.fixture
+def staff(db):
+    return MembershipFactory(user__username="staff").user
+
+
+@pytest.fixture
+def colleague(staff):
+    return MembershipFactory(user__username="colleague", clinic=staff.membership.clinic).user
+
+
+@pytest.fixture
+def outsider(db):
+    return MembershipFactory(user__username="outsider").user
+
+
+@pytest.fixture
+def patient(staff):
+    return PatientFactory(clinic=staff.membership.clinic)

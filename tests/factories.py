@@ -1,0 +1,74 @@
+import io
+
+import factory
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+
+from analysis.models import Analysis, Case, Clinic, LesionImage, Membership, Patient
+
+
+class ClinicFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Clinic
+
+    name = factory.Sequence(lambda n: f"Clinic {n}")
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.django.Password("correct horse battery staple")
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    user = factory.SubFactory(UserFactory)
+    clinic = factory.SubFactory(ClinicFactory)
+
+
+class PatientFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Patient
+
+    clinic = factory.SubFactory(ClinicFactory)
+    mrn = factory.Sequence(lambda n: f"MRN{n:05d}")
+    name = factory.Faker("name")
+
+
+class CaseFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Case
+
+    patient = factory.SubFactory(PatientFactory)
+    body_site = Case.BodySite.BACK
+
+
+class LesionImageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = LesionImage
+
+    case = factory.SubFactory(CaseFactory)
+    image = factory.django.ImageField(width=40, height=30, color="brown", filename="lesion.jpg")
+    original_filename = "lesion.jpg"
+    sha256 = "0" * 64
+    uploaded_by = factory.SubFactory(UserFactory)
+
+
+class AnalysisFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Analysis
+
+    image = factory.SubFactory(LesionImageFactory)
+
+
+def jpeg_upload(name: str, size: tuple[int, int] = (64, 48)) -> SimpleUploadedFile:
+    """An uploaded JPEG made on the spot, as a browser would send it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "sienna").save(buffer, "JPEG")
+    return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")

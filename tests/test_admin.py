@@ -1,0 +1,112 @@
+import hashlib
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Group
+from django.urls import reverse
+
+from analysis.models import LesionImage, Membership
+from tests.factories import (
+    AnalysisFactory,
+    CaseFactory,
+    MembershipFactory,
+    UserFactory,
+    jpeg_upload,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def superuser():
+    return UserFactory(username="root", is_superuser=True, is_staff=True)
+
+
+@pytest.fixture
+def one_of_everything(superuser):
+    MembershipFactory(user=superuser)
+    AnalysisFactory()
+    Group.objects.create(name="auditors")
+
+
+def admin_url(model, view: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+def test_every_admin_page_loads_for_a_superuser(client, superuser, one_of_everything):
+    client.force_login(superuser)
+    for model, model_admin in admin.site._registry.items():
+        obj = model._default_manager.first()
+        assert obj is not None, f"no {model.__name__} to open"
+        pages = [admin_url(model, "changelist"), admin_url(model, "change", obj.pk)]
+        if model_admin.has_add_permission(_request(superuser)):
+            pages.append(admin_url(model, "add"))
+        for url in pages:
+            assert client.get(url).status_code == 200, url
+        search = client.get(admin_url(model, "changelist"), {"q": "x"})
+        assert search.status_code == 200
+
+
+def _request(user):
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.user = user
+    return request
+
+
+def test_superuser_can_deactivate_users_from_the_admin(client, superuser, staff):
+    client.force_login(superuser)
+    response = client.post(
+        admin_url(type(staff), "changelist"),
+        {"action": "deactivate", "_selected_action": [staff.pk]},
+    )
+    assert response.status_code == 302
+    staff.refresh_from_db()
+    assert staff.is_active is False
+
+
+def test_an_image_uploaded_in_the_admin_is_fingerprinted_and_renamed(client, superuser):
+    case = CaseFactory()
+    upload = jpeg_upload("Max Mustermann.jpg", size=(80, 60))
+    expected_sha256 = hashlib.sha256(upload.read()).hexdigest()
+    upload.seek(0)
+    client.force_login(superuser)
+
+    response = client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": upload})
+
+    assert response.status_code == 302
+    image = LesionImage.objects.get()
+    assert image.original_filename == "Max Mustermann.jpg"
+    assert "Mustermann" not in image.image.name
+    assert image.sha256 == expected_sha256
+    assert (image.width, image.height, image.uploaded_by) == (80, 60, superuser)
+
+
+@pytest.mark.parametrize("is_staff", [False, True])
+def test_clinic_admin_cannot_enter_the_platform_admin(client, is_staff):
+    clinic_admin = MembershipFactory(role=Membership.Role.CLINIC_ADMIN, user__is_staff=is_staff).user
+    client.force_login(clinic_admin)
+
+    for url in ["/admin/", admin_url(Membership, "changelist")]:
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/admin/login/")
+
+
+def test_login_page_loads(client):
+    assert client.get("/accounts/login/").status_code == 200
+    assert client.get("/admin/login/").status_code == 200
+
+
+def test_home_shows_the_users_clinic(client, staff):
+    client.force_login(staff)
+    response = client.get("/")
+    assert response.status_code == 200
+    assert staff.membership.clinic.name in response.content.decode()
+
+
+def test_home_asks_anonymous_visitors_to_sign_in(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
