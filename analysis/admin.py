@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from analysis.models import Analysis, Case, Clinic, LesionImage, Membership, Patient
+from analysis.services import start_analysis
 
 User = get_user_model()
 
@@ -95,6 +96,8 @@ class LesionImageAdmin(admin.ModelAdmin):
         if not change:
             obj.uploaded_by = request.user
         super().save_model(request, obj, form, change)
+        if not change:
+            start_analysis(obj)  # an image added here is analysed like any other
 
 
 @admin.register(Analysis)

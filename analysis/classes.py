@@ -1,22 +1,14 @@
 """The 7 HAM10000 diagnosis classes: codes, names and which are malignant.
 
-Plain Python, no Django, so `ml/` and the workers share it with the web app.
-The order of CLASS_CODES is the order of the model's output vector.
+One definition for the whole project lives in ml/labels.py (plain Python, no TensorFlow): the order of
+CLASS_CODES is the order of the model's output vector.
 """
 
-CLASS_CODES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+from ml.labels import CLASSES as CLASS_CODES
+from ml.labels import FULL_NAMES as CLASS_NAMES
+from ml.labels import MALIGNANT
 
-CLASS_NAMES: dict[str, str] = {
-    "akiec": "Actinic keratosis / intraepithelial carcinoma",
-    "bcc": "Basal cell carcinoma",
-    "bkl": "Benign keratosis-like lesion",
-    "df": "Dermatofibroma",
-    "mel": "Melanoma",
-    "nv": "Melanocytic nevus",
-    "vasc": "Vascular lesion",
-}
-
-MALIGNANT: frozenset[str] = frozenset({"mel", "bcc", "akiec"})
+__all__ = ["CLASS_CODES", "CLASS_NAMES", "MALIGNANT", "is_malignant"]
 
 
 def is_malignant(code: str) -> bool:

@@ -177,9 +177,7 @@ class LesionImage(models.Model):
     height = models.PositiveIntegerField(editable=False)
     captured_at = models.DateTimeField(null=True, blank=True)
     # PROTECT: who took a clinical image stays on record; users are deactivated, not deleted.
-    uploaded_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploaded_images"
-    )
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploaded_images")
     uploaded_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -289,6 +287,30 @@ class Analysis(models.Model):
             started_at=None,
             finished_at=None,
         )
+
+    @classmethod
+    def recover_stale(cls, running_before, queued_before) -> list[int]:
+        """Analyses whose task was lost, made ready to send again; returns their ids.
+
+        - running since before ``running_before`` (past the hard time limit: its worker died): back to queued;
+        - queued since before ``queued_before`` (the broker was down, or lost the message): queued_at renewed.
+        Each row changes in its own conditional UPDATE, so two sweepers never both take the same one.
+        """
+        ready = []
+        now = timezone.now()
+        for pk, started_at in cls.objects.filter(status=cls.Status.RUNNING, started_at__lt=running_before).values_list(
+            "pk", "started_at"
+        ):
+            if cls.objects.filter(pk=pk, status=cls.Status.RUNNING, started_at=started_at).update(
+                status=cls.Status.QUEUED, queued_at=now, started_at=None
+            ):
+                ready.append(pk)
+        for pk, queued_at in cls.objects.filter(status=cls.Status.QUEUED, queued_at__lt=queued_before).values_list(
+            "pk", "queued_at"
+        ):
+            if cls.objects.filter(pk=pk, status=cls.Status.QUEUED, queued_at=queued_at).update(queued_at=now):
+                ready.append(pk)
+        return ready
 
     def _transition(self, allowed: set[str], **fields) -> None:
         changed = type(self).objects.filter(pk=self.pk, status__in=allowed).update(**fields)

@@ -50,7 +50,10 @@ def frozen_features(frame, weights: Path, cache_dir: Path, seed: int = 0) -> dic
     for part in ("train", "test"):
         acts = features.cached(lower_fn, frame, part, 0, seed, INPUT_SIZE, cache)
         out[part] = np.concatenate(
-            [to_pool(np.asarray(acts[i : i + 256], np.float32), training=False).numpy() for i in range(0, len(acts), 256)]
+            [
+                to_pool(np.asarray(acts[i : i + 256], np.float32), training=False).numpy()
+                for i in range(0, len(acts), 256)
+            ]
         )
     return out
 
@@ -65,7 +68,7 @@ def svm(frame, weights: Path, cache_dir: Path) -> dict:
     return summary(data.part(frame, "test")["label"].to_numpy(), softmax(scores))
 
 
-def basic_cnn(frame, epochs: int = 10, size: tuple[int, int] = (75, 100), seed: int = 0) -> dict:
+def basic_cnn(frame, epochs: int = 10, size: tuple[int, int] = (56, 75), seed: int = 0) -> dict:
     keras.utils.set_random_seed(seed)
 
     def load(part):
@@ -79,7 +82,7 @@ def basic_cnn(frame, epochs: int = 10, size: tuple[int, int] = (75, 100), seed: 
             layers.RandomFlip("horizontal_and_vertical", seed=seed),
             *[
                 block
-                for filters in (32, 64, 128)
+                for filters in (16, 32, 64)
                 for block in (
                     layers.Conv2D(filters, 3, padding="same", activation="relu"),
                     layers.Conv2D(filters, 3, padding="same", activation="relu"),
@@ -115,7 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     ):
         started = time.time()
         rows[name] = {**run(), "seconds": round(time.time() - started, 1)}
-        log.info("%s: accuracy %.3f, balanced accuracy %.3f", name, rows[name]["accuracy"], rows[name]["balanced_accuracy"])
+        log.info(
+            "%s: accuracy %.3f, balanced accuracy %.3f",
+            name,
+            rows[name]["accuracy"],
+            rows[name]["balanced_accuracy"],
+        )
     args.out.write_text(json.dumps(rows, indent=2))
     log.info("wrote %s", args.out)
 

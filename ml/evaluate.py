@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -51,7 +51,14 @@ def plot_confusion(matrix: list[list[int]], out: Path) -> None:
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(CLASSES)):
         for j in range(len(CLASSES)):
-            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}",
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(CLASSES)), CLASSES)
     ax.set_yticks(range(len(CLASSES)), CLASSES)
     ax.set_xlabel("predicted")
@@ -99,7 +106,14 @@ def per_class_auc(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {c: float(roc_auc_score(y == i, probs[:, i])) for i, c in enumerate(CLASSES)}
 
 
-ROW_KEYS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_auc", "melanoma_recall")
+ROW_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_auc",
+    "melanoma_recall",
+)
 
 
 def fmt(value) -> str:
@@ -162,7 +176,10 @@ def model_card(meta: dict, metrics: dict) -> str:
         "| seed paper, as reported (80:20 split by image; not comparable) | "
         + " | ".join(fmt(PAPER_REPORTED.get(k)) for k in ROW_KEYS)
         + " |",
-        *[f"| {name} | " + " | ".join(fmt(row.get(k)) for k in ROW_KEYS) + " |" for name, row in metrics["table1"].items()],
+        *[
+            f"| {name} | " + " | ".join(fmt(row.get(k)) for k in ROW_KEYS) + " |"
+            for name, row in metrics["table1"].items()
+        ],
         "",
         "The SVM's scores are margins, not probabilities: its AUC ranks them, its calibration is not reported.",
         "",
@@ -221,15 +238,18 @@ def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines
     test = summary(y_test, p_test)
     table = {}
     if baselines and baselines.exists():
-        names = {"always_nv": "always nv", "svm_frozen_features": "SVM on frozen MobileNetV2 features",
-                 "basic_cnn": "basic CNN from scratch (10 epochs, 100x75)"}
+        names = {
+            "always_nv": "always nv",
+            "svm_frozen_features": "SVM on frozen MobileNetV2 features",
+            "basic_cnn": "basic CNN from scratch (10 epochs, 75x56)",
+        }
         table.update({names.get(k, k): v for k, v in json.loads(baselines.read_text()).items()})
     for name, ref in references.items():
         table[f"MobileNetV2, {name} recipe"] = summary(*predictions(ref, frame, "test", ref.with_suffix(".test.csv")))
     table["MobileNetV2, ours (served)"] = test
     metrics = {
         "model_version": meta["version"],
-        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "test": test,
         "val": summary(y_val, p_val),
         "test_auc_per_class": per_class_auc(y_test, p_test),
@@ -252,8 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL)
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
     parser.add_argument("--baselines", type=Path, default=paths.MODELS_DIR / "baselines.json")
-    parser.add_argument("--reference", action="append", default=[], metavar="NAME=TFLITE",
-                        help="another model to add as a Table 1 row, e.g. paper=ml/runs/paper/paper.tflite")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME=TFLITE",
+        help="another model to add as a Table 1 row, e.g. paper=ml/runs/paper/paper.tflite",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     references = dict((name, Path(path)) for name, path in (r.split("=", 1) for r in args.reference))

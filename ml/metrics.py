@@ -52,7 +52,12 @@ def summary(y: np.ndarray, probs: np.ndarray) -> dict:
         "malignant_specificity": float((~malignant_pred & ~malignant_true).sum() / max((~malignant_true).sum(), 1)),
         "ece": expected_calibration_error(y, probs),
         "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            c: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(CLASSES)
         },
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),

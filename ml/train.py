@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,7 +90,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train(recipe: Recipe, data_dir: Path, weights: Path | None, out: Path, cache_dir: Path, limit: int | None = None) -> dict:
+def train(
+    recipe: Recipe, data_dir: Path, weights: Path | None, out: Path, cache_dir: Path, limit: int | None = None
+) -> dict:
     started = time.time()
     keras.utils.set_random_seed(recipe.seed)
     frame = data.load_dataset(data_dir)
@@ -100,7 +102,13 @@ def train(recipe: Recipe, data_dir: Path, weights: Path | None, out: Path, cache
     y_val = data.part(frame, "val")["label"].to_numpy()
 
     model = build_classifier(
-        weights, recipe.input_size, recipe.units, recipe.dropout, recipe.alpha, recipe.seed, recipe.freeze_batch_norm
+        weights,
+        recipe.input_size,
+        recipe.units,
+        recipe.dropout,
+        recipe.alpha,
+        recipe.seed,
+        recipe.freeze_batch_norm,
     )
     set_trainable_from(model, recipe.trainable_from, recipe.freeze_batch_norm)
     lower, upper = split_model(model, recipe.cut)
@@ -203,7 +211,7 @@ def train(recipe: Recipe, data_dir: Path, weights: Path | None, out: Path, cache
     model.save(keras_file, include_optimizer=False)
     to_tflite(model, tflite_file)
     digest = sha256(tflite_file)
-    stamp = datetime.now(timezone.utc)
+    stamp = datetime.now(UTC)
     result.update(
         name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
         version=f"mnv2-ham10000-{recipe.name}-{stamp:%Y%m%d}-{digest[:8]}",

@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from ml.paths import SHIPPED_MODEL
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -112,6 +114,15 @@ if not _database.get("NAME"):
     raise ImproperlyConfigured(f"DATABASE_URL names no database: {DATABASE_URL!r}")
 if _database["ENGINE"] == "django.db.backends.sqlite3" and _database["NAME"] != ":memory:":
     Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Web, workers and sweeper write at once: wait for the lock rather than fail, and let readers
+    # read while one writes.
+    _database["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+    # A test database in a file, not in memory, so the worker processes of the queue tests share it.
+    _database["TEST"] = {"NAME": str(Path(_database["NAME"]).with_name("test-" + Path(_database["NAME"]).name))}
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -156,6 +167,11 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# Uploads: at most MAX_UPLOAD_MB per image; images must decode as JPG/PNG within these bounds.
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_MB", 10) * 1024 * 1024
+MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
+MIN_IMAGE_SIDE = env_int("MIN_IMAGE_SIDE", 64)
+
 # Production hardening; every one defaults on when DEBUG=0 so `check --deploy` passes.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
@@ -185,10 +201,29 @@ _visibility_timeout = env_int("BROKER_VISIBILITY_TIMEOUT", 3600)
 if _visibility_timeout <= CELERY_TASK_TIME_LIMIT:
     # Otherwise Redis hands a still-running task to a second worker.
     raise ImproperlyConfigured(
-        f"BROKER_VISIBILITY_TIMEOUT ({_visibility_timeout}) must exceed TASK_TIME_LIMIT "
-        f"({CELERY_TASK_TIME_LIMIT})"
+        f"BROKER_VISIBILITY_TIMEOUT ({_visibility_timeout}) must exceed TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})"
     )
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _visibility_timeout}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _visibility_timeout,
+    # Sending gives up within about a second when Redis is away: the upload is answered at once and the
+    # sweeper sends the analysis later (workers/sweeper.py).
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+    "socket_connect_timeout": 2,
+}
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Recovery (workers/sweeper.py): how often each worker looks for lost work, and how long an analysis may
+# wait in the queue before it is sent again (the broker was down, or lost the message).
+SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 30)
+QUEUED_RESEND_AFTER = env_int("QUEUED_RESEND_AFTER", 120)
+if QUEUED_RESEND_AFTER < 1:
+    raise ImproperlyConfigured(f"QUEUED_RESEND_AFTER must be at least 1 second, got {QUEUED_RESEND_AFTER}")
+
+# The model the workers serve, and its model card (read by the PDF reports, never typed in).
+SKINSITE_MODEL = SHIPPED_MODEL  # SKINSITE_MODEL in the environment, else ml/models/skinsite.tflite
+MODEL_METRICS = SKINSITE_MODEL.parent / "metrics.json"
 
 LOGGING = {
     "version": 1,

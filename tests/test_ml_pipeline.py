@@ -14,7 +14,15 @@ from ml.labels import CLASSES
 pytest.importorskip("tensorflow")
 
 # Each class gets its own colour and blob position, so a small network can learn them in a few steps.
-COLOURS = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60), (200, 60, 200), (60, 200, 200), (120, 120, 120)]
+COLOURS = [
+    (200, 60, 60),
+    (60, 200, 60),
+    (60, 60, 200),
+    (200, 200, 60),
+    (200, 60, 200),
+    (60, 200, 200),
+    (120, 120, 120),
+]
 
 
 def synthetic_ham(root: Path, per_part=(8, 3, 3)) -> Path:
@@ -102,8 +110,18 @@ def test_predict_cli_writes_one_row_per_image_from_files_and_folders(tiny_run, t
     images = tiny_run["data_dir"] / "images"
     single = sorted(images.glob("*.jpg"))[0]
     out = tmp_path / "preds.csv"
-    code = predict.main(["--model", str(tiny_run["model_dir"] / "skinsite.tflite"), "--batch-size", "7",
-                         "--out", str(out), str(single), str(images)])
+    code = predict.main(
+        [
+            "--model",
+            str(tiny_run["model_dir"] / "skinsite.tflite"),
+            "--batch-size",
+            "7",
+            "--out",
+            str(out),
+            str(single),
+            str(images),
+        ]
+    )
     assert code == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -121,7 +139,9 @@ def test_predict_cli_skips_an_unreadable_file_and_says_so(tiny_run, tmp_path, ca
     broken.write_bytes(b"not an image")
     good = sorted((tiny_run["data_dir"] / "images").glob("*.jpg"))[0]
     out = tmp_path / "preds.csv"
-    code = predict.main(["--model", str(tiny_run["model_dir"] / "skinsite.tflite"), "--out", str(out), str(good), str(broken)])
+    code = predict.main(
+        ["--model", str(tiny_run["model_dir"] / "skinsite.tflite"), "--out", str(out), str(good), str(broken)]
+    )
     assert code == 1
     assert "broken.jpg" in capsys.readouterr().err
     with open(out) as f:

@@ -37,9 +37,7 @@ class Command(BaseCommand):
             if not created:
                 changes.append("changed password")
 
-        membership, created = Membership.objects.get_or_create(
-            user=user, defaults={"clinic": clinic_obj, "role": role}
-        )
+        membership, created = Membership.objects.get_or_create(user=user, defaults={"clinic": clinic_obj, "role": role})
         if membership.clinic_id != clinic_obj.pk:
             raise CommandError(f"{username!r} already works for {membership.clinic}, not {clinic!r}")
         if created:

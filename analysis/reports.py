@@ -1,0 +1,119 @@
+"""The PDF report of an analysis (WeasyPrint): what leaves the building, into a patient's file or a referral.
+
+Rendered once by a worker right after the analysis (never inside a web request) and stored with it.
+The model's measured accuracy comes from the shipped model card (metrics.json), never typed in.
+"""
+
+import base64
+import json
+import mimetypes
+import re
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.text import slugify
+
+from analysis.classes import CLASS_NAMES
+from analysis.models import Analysis
+
+DISCLAIMER = (
+    "Screening aid only, not a diagnosis. This result comes from a machine-learning model, not from a "
+    "clinician. It must be interpreted by a qualified clinician together with the patient's history and "
+    "examination; a lesion of concern is biopsied or referred whatever the model says."
+)
+
+
+@lru_cache(maxsize=4)
+def _model_card(path: Path, mtime: float) -> dict:
+    return json.loads(path.read_text())
+
+
+def model_card_figures(version: str) -> dict | None:
+    """Test accuracy and balanced accuracy of a model version, from the shipped metrics.json; None when the
+    card is missing or belongs to another version (an analysis made by an older model)."""
+    path = Path(settings.MODEL_METRICS)
+    if not path.exists():
+        return None
+    card = _model_card(path, path.stat().st_mtime)
+    if card.get("model_version") != version:
+        return None
+    return {
+        "accuracy": card["test"]["accuracy"],
+        "balanced_accuracy": card["test"]["balanced_accuracy"],
+        "melanoma_recall": card["test"]["melanoma_recall"],
+        "n": card["test"]["n"],
+    }
+
+
+def file_name(analysis: Analysis) -> str:
+    patient = analysis.image.case.patient
+    day = timezone.localtime(analysis.finished_at or analysis.created_at, ZoneInfo(patient.clinic.time_zone))
+    parts = [
+        "skinsite",
+        slugify(patient.clinic.name),
+        slugify(patient.mrn),
+        f"{day:%Y-%m-%d}",
+        f"analysis-{analysis.pk}",
+    ]
+    return re.sub(r"[^A-Za-z0-9._-]", "", "_".join(p for p in parts if p)) + ".pdf"
+
+
+def _image_data_uri(analysis: Analysis) -> str:
+    field = analysis.image.image
+    with field.open("rb") as handle:
+        data = handle.read()
+    mime = mimetypes.guess_type(field.name)[0] or "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def render_pdf(analysis: Analysis) -> bytes:
+    from weasyprint import HTML  # only workers render; the web process never loads WeasyPrint
+
+    image = analysis.image
+    case = image.case
+    patient = case.patient
+    tz = ZoneInfo(patient.clinic.time_zone)
+    rows = sorted(
+        (
+            {"code": c, "name": CLASS_NAMES[c], "p": p, "percent": round(100 * p, 1)}
+            for c, p in analysis.probabilities.items()
+        ),
+        key=lambda r: r["p"],
+        reverse=True,
+    )
+    html = render_to_string(
+        "reports/analysis.html",
+        {
+            "analysis": analysis,
+            "image": image,
+            "case": case,
+            "patient": patient,
+            "clinic": patient.clinic,
+            "analysed_at": timezone.localtime(analysis.finished_at, tz),
+            "printed_at": timezone.localtime(timezone.now(), tz),
+            "time_zone": patient.clinic.time_zone,
+            "predicted_name": CLASS_NAMES[analysis.predicted_class],
+            "confidence_percent": round(100 * analysis.confidence, 1),
+            "rows": rows,
+            "image_uri": _image_data_uri(analysis),
+            "card": model_card_figures(analysis.model_version),
+            "disclaimer": DISCLAIMER,
+        },
+    )
+    return HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
+
+
+def store_report(analysis: Analysis) -> None:
+    """Render and attach the report; the file is written before the row points at it, so a half-written
+    report is never offered for download."""
+    analysis = Analysis.objects.select_related("image__case__patient__clinic", "image__case__clinician").get(
+        pk=analysis.pk
+    )
+    pdf = render_pdf(analysis)
+    analysis.report.save(file_name(analysis), ContentFile(pdf), save=False)  # stored under a generated name
+    Analysis.objects.filter(pk=analysis.pk).update(report=analysis.report.name)

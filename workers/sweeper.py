@@ -1,0 +1,59 @@
+"""Recovery without a human: a thread in every worker's main process that sends lost work again.
+
+Every SWEEP_INTERVAL seconds it finds analyses that are running past the hard time limit (their worker
+died) or queued for longer than QUEUED_RESEND_AFTER (the broker was down or lost the message), and sends
+them again. Several workers may sweep at once: each row is taken by one conditional UPDATE, and a
+duplicate message is harmless because ``analyse`` claims its row before doing anything.
+"""
+
+import logging
+import threading
+from datetime import timedelta
+
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from analysis.models import Analysis
+
+log = logging.getLogger(__name__)
+_stop = threading.Event()
+
+
+def sweep() -> list[int]:
+    """One pass: requeue and resend what was lost; returns the ids sent."""
+    from workers.tasks import enqueue
+
+    now = timezone.now()
+    grace = timedelta(seconds=settings.SWEEP_INTERVAL)
+    ids = Analysis.recover_stale(
+        running_before=now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT) - grace,
+        queued_before=now - timedelta(seconds=settings.QUEUED_RESEND_AFTER),
+    )
+    sent = [pk for pk in ids if enqueue(pk)]
+    if ids:
+        log.info("sweeper: %d lost analyses found, %d sent again", len(ids), len(sent))
+    return sent
+
+
+def _loop() -> None:
+    while not _stop.wait(settings.SWEEP_INTERVAL):
+        try:
+            close_old_connections()
+            sweep()
+        except Exception:  # a database outage must not end the sweeper: try again next round
+            log.exception("sweeper pass failed")
+        finally:
+            connection.close()
+
+
+@worker_ready.connect
+def _start(**kwargs) -> None:
+    if settings.SWEEP_INTERVAL > 0:
+        threading.Thread(target=_loop, name="skinsite-sweeper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeping(**kwargs) -> None:
+    _stop.set()

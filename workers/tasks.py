@@ -1,0 +1,106 @@
+"""What happens to a queued image: ``analyse`` runs the model, then ``render_report`` writes its PDF.
+
+Both tasks take an analysis id, reload the row and return quietly if there is nothing for them to do, so a
+redelivered or duplicated message does no harm. The analysis row is the truth about the work; Celery's
+own task state is never read. Lost work (a dead worker, a broker that was down) is found and sent again
+by the sweeper in workers/sweeper.py.
+"""
+
+import contextlib
+import logging
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerError
+from PIL import Image, UnidentifiedImageError
+
+from analysis.models import Analysis
+from workers.celery import app
+
+log = logging.getLogger(__name__)
+
+# Worth retrying: the database or the broker blinked. Anything else is a property of the job itself.
+TRANSIENT = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
+
+
+def enqueue(analysis_id: int) -> bool:
+    """Send an analysis to the workers. If the broker is down the analysis stays queued in the database
+    and the sweeper sends it later: an upload never fails because Redis is away."""
+    try:
+        analyse.apply_async((analysis_id,), retry=False)
+        return True
+    except TRANSIENT as error:
+        log.warning("analysis %s stays queued, the broker is unreachable: %s", analysis_id, error)
+        return False
+
+
+def classifier():
+    """The worker process's model, loaded once (ml.inference keeps it) and never per task."""
+    from ml.inference import get_classifier
+
+    return get_classifier()
+
+
+@worker_process_init.connect
+def _load_model_in_child(**kwargs) -> None:
+    # Loaded in the forked child, never in the parent (models shared across fork can hang), and warmed
+    # up once so the first analysis is not the slow one.
+    started = time.perf_counter()
+    model = classifier()
+    model.predict(Image.new("RGB", (200, 150), "sienna"))
+    log.info("model %s loaded and warmed up in %.2f s", model.version, time.perf_counter() - started)
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=5)
+def analyse(self, analysis_id: int) -> str:
+    try:
+        if not Analysis.claim(analysis_id):
+            return "skipped: gone, or another worker has it"
+        analysis = Analysis.objects.select_related("image").get(pk=analysis_id)
+        try:
+            with analysis.image.image.open("rb") as handle:
+                prediction = classifier().predict(handle)
+        except UNREADABLE as error:
+            analysis.fail(f"The image could not be read as a picture ({type(error).__name__}: {error})"[:500])
+            return "failed: unreadable image"
+        analysis.finish(prediction.probabilities, prediction.model_version)
+    except SoftTimeLimitExceeded:
+        Analysis(pk=analysis_id).fail("The analysis took longer than the time limit and was stopped.")
+        return "failed: time limit"
+    except TRANSIENT as error:
+        # Put a claimed analysis back so the retry can claim it; if even that fails the sweeper will.
+        with contextlib.suppress(TRANSIENT):
+            Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.RUNNING).update(
+                status=Analysis.Status.QUEUED
+            )
+        raise self.retry(exc=error, countdown=min(2 ** (self.request.retries + 1), 60)) from error
+    except Exception as error:
+        Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.RUNNING).update(
+            status=Analysis.Status.FAILED, error=f"Internal error: {type(error).__name__}"[:500]
+        )
+        raise
+    render_report.delay(analysis_id)
+    return "done"
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=5)
+def render_report(self, analysis_id: int) -> str:
+    """Write the PDF report of a finished analysis once; again only if its file has gone missing."""
+    from analysis import reports
+
+    try:
+        analysis = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.DONE).first()
+        if analysis is None:
+            return "skipped: not done"
+        if analysis.report and analysis.report.storage.exists(analysis.report.name):
+            return "skipped: report exists"
+        reports.store_report(analysis)
+    except TRANSIENT as error:
+        raise self.retry(exc=error, countdown=min(2 ** (self.request.retries + 1), 60)) from error
+    return "done"
+
+
+from workers import sweeper  # noqa: E402,F401 -- its signals start the sweeper in every worker
