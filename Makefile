@@ -6,7 +6,7 @@ WEB_PORT ?= 8000
 # The Procfile's `python` and `celery` are the virtualenv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint fmt migrate
+.PHONY: run test lint fmt migrate bench
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ lint: $(VENV)/.installed
 fmt: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m ml.bench
+	$(BIN)/python -m workers.bench

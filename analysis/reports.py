@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.utils.text import slugify
 
 from analysis.classes import CLASS_NAMES
@@ -63,6 +64,12 @@ def file_name(analysis: Analysis) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "", "_".join(p for p in parts if p)) + ".pdf"
 
 
+def css_string(text: str) -> str:
+    """A quoted CSS string literal of any text (page footers are set in CSS, where HTML escaping does not apply)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("<", "\\3C ").replace("\n", " ")
+    return f'"{escaped}"'
+
+
 def _image_data_uri(analysis: Analysis) -> str:
     field = analysis.image.image
     with field.open("rb") as handle:
@@ -103,6 +110,7 @@ def render_pdf(analysis: Analysis) -> bytes:
             "image_uri": _image_data_uri(analysis),
             "card": model_card_figures(analysis.model_version),
             "disclaimer": DISCLAIMER,
+            "footer_css": mark_safe(css_string(f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}")),
         },
     )
     return HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()

@@ -31,14 +31,16 @@ def timings(fn, batch: np.ndarray, repeats: int, warmup: int = 3) -> np.ndarray:
     return np.asarray(out)
 
 
-def bench(model: Path, repeats: int = 100, threads: int | None = None) -> dict[str, dict[str, float]]:
+def bench(
+    model: Path, repeats: int = 100, threads: int | None = None, include_keras: bool = True
+) -> dict[str, dict[str, float]]:
     classifier = Classifier(model, num_threads=threads)
     rng = np.random.default_rng(0)
     one = rng.uniform(-1, 1, (1, *classifier.input_size, 3)).astype(np.float32)
     many = rng.uniform(-1, 1, (32, *classifier.input_size, 3)).astype(np.float32)
     paths_ = {"litert": classifier.predict_arrays}
     keras_file = model.with_suffix(".keras")
-    if keras_file.exists():
+    if include_keras and keras_file.exists():
         import keras
         import tensorflow as tf
 

@@ -198,8 +198,9 @@ def model_card(meta: dict, metrics: dict) -> str:
     if "logit_adjustment" in meta:
         la = meta["logit_adjustment"]
         lines += [
-            f"- Operating point, chosen on val: logits - tau * log(train prior) with tau = {la['tau']:.2f} (the highest "
-            f"val balanced accuracy with val accuracy >= {recipe['min_val_accuracy']}), then temperature "
+            f"- Operating point, chosen on val: logits - tau * log(train prior) with tau = {la['tau']:.2f} (keeping val "
+            f"melanoma recall >= {recipe.get('min_val_melanoma_recall')}: the highest val balanced accuracy with val "
+            f"accuracy >= {recipe['min_val_accuracy']}, or where none reaches it the best mean of the two), then temperature "
             f"T = {meta['temperature']:.3f} fitted on val by log-likelihood; both folded into the last layer.",
             f"- On val at that point: accuracy {fmt(val['accuracy'])}, balanced accuracy {fmt(val['balanced_accuracy'])}, "
             f"macro AUC {fmt(val['macro_auc'])}, melanoma recall {fmt(val['melanoma_recall'])}.",

@@ -84,16 +84,20 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
 
 
 def choose_logit_adjustment(
-    y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_accuracy: float = 0.80
+    y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_accuracy: float = 0.80, min_melanoma_recall: float = 0.70
 ) -> tuple[float, list[dict]]:
     """Pick tau for logits - tau * log(prior) on held-out data.
 
-    The rule: the highest balanced accuracy among the taus that keep accuracy >= ``min_accuracy``; if none
-    does, the best mean of accuracy and balanced accuracy. One scalar rather than 7 thresholds, because the
-    rare classes have only a few dozen validation images (see FIELD_NOTES).
+    tau > 0 moves decisions towards the rare classes, tau < 0 towards the common ones (a model trained with
+    class weights may already lean to the rare ones).
+
+    The rule, for a screening aid: melanoma recall must stay >= ``min_melanoma_recall``; among those taus, the
+    highest balanced accuracy with accuracy >= ``min_accuracy``, or where none reaches it, the best mean of
+    accuracy and balanced accuracy (and without any tau keeping melanoma recall, the best mean overall).
+    One scalar rather than 7 thresholds, because the rare classes have only a few dozen validation images.
     """
     rows = []
-    for tau in np.round(np.arange(0.0, 1.51, 0.05), 2):
+    for tau in np.round(np.arange(-1.0, 1.51, 0.05), 2):
         pred = (logits - tau * np.log(prior)).argmax(axis=1)
         recalls = [np.mean(pred[y == c] == c) for c in range(len(prior)) if np.any(y == c)]
         rows.append(
@@ -101,12 +105,17 @@ def choose_logit_adjustment(
                 "tau": float(tau),
                 "accuracy": float(np.mean(pred == y)),
                 "balanced_accuracy": float(np.mean(recalls)),
-                "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else float("nan"),
+                "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else 0.0,
             }
         )
-    ok = [r for r in rows if r["accuracy"] >= min_accuracy]
-    if ok:
-        best = max(ok, key=lambda r: (r["balanced_accuracy"], -r["tau"]))
+
+    def mean(r):
+        return r["accuracy"] + r["balanced_accuracy"]
+
+    safe = [r for r in rows if r["melanoma_recall"] >= min_melanoma_recall] or rows
+    accurate = [r for r in safe if r["accuracy"] >= min_accuracy]
+    if accurate:
+        best = max(accurate, key=lambda r: (r["balanced_accuracy"], -abs(r["tau"])))
     else:
-        best = max(rows, key=lambda r: r["accuracy"] + r["balanced_accuracy"])
+        best = max(safe, key=lambda r: (mean(r), -abs(r["tau"])))
     return best["tau"], rows

@@ -5,6 +5,7 @@ from analysis import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("analyses/<int:pk>/report.pdf", views.analysis_report, name="analysis-report"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

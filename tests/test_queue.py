@@ -17,13 +17,22 @@ from analysis.services import submit_image
 from ml.inference import model_metadata
 from skinsite import embedded_redis
 from tests.factories import CaseFactory
-from tests.workerproc import Worker
 from workers import app
+from workers.process import Worker as _Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def wait_for(condition, timeout: float, what: str, worker: Worker | None = None):
+FAULT_INJECTION = str(Path(__file__).resolve().parent / "fault_injection")
+
+
+def Worker(redis_url, log, concurrency=1, **env):  # noqa: N802 -- reads as the class it makes
+    """A worker that sweeps every second and resends queued work after 3 s, so recovery shows within a test."""
+    env = {"SWEEP_INTERVAL": "1", "QUEUED_RESEND_AFTER": "3", "TASK_TIME_LIMIT": "20", **env}
+    return _Worker(redis_url, log, concurrency, PYTHONPATH=FAULT_INJECTION, **env)
+
+
+def wait_for(condition, timeout: float, what: str, worker=None):
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         if time.monotonic() > deadline:

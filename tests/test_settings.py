@@ -63,7 +63,7 @@ def test_production_settings_pass_the_deployment_checks():
 def test_the_web_process_never_imports_tensorflow():
     code = (
         "import sys, django; django.setup();"
-        "import skinsite.urls, skinsite.wsgi, workers, analysis.admin;"
+        "import skinsite.urls, skinsite.wsgi, workers.tasks, analysis.admin, analysis.views, analysis.reports;"
         "from django.test import Client; Client().get('/accounts/login/');"
         "sys.exit('tensorflow' in sys.modules)"
     )

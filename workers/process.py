@@ -1,4 +1,8 @@
-"""Real `celery -A workers worker` processes for the queue tests, sharing the test database and media."""
+"""Start and stop real `celery -A workers worker` processes against a given database, Redis and media folder.
+
+Used by the queue tests and by the benchmark (workers/bench.py); the service itself starts its worker
+from the Procfile or docker-compose.
+"""
 
 import os
 import signal
@@ -14,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def database_url() -> str:
-    """The URL of the database the tests are using (the test database, not the configured one)."""
+    """The URL of the database this process is connected to (in tests: the test database)."""
     s = connection.settings_dict
     if s["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{s['NAME']}"
@@ -30,10 +34,7 @@ class Worker:
             "DATABASE_URL": database_url(),
             "REDIS_URL": redis_url,
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fault_injection"), str(ROOT)]),
-            "SWEEP_INTERVAL": "1",
-            "QUEUED_RESEND_AFTER": "3",
-            "TASK_TIME_LIMIT": "20",
+            "PYTHONPATH": os.pathsep.join(filter(None, [env.pop("PYTHONPATH", ""), str(ROOT)])),
             "SKINSITE_INFERENCE_THREADS": "1",
             **env,
         }
@@ -71,6 +72,11 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace")
+
+    def pool_pids(self) -> list[int]:
+        """The pool (child) processes that run the tasks."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
     def kill(self) -> None:
         """kill -9 the worker and its pool processes at once, as a crash or an OOM killer would."""

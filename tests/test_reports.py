@@ -1,0 +1,136 @@
+"""The PDF report, read back from WeasyPrint's real output."""
+
+import io
+import json
+import shutil
+import subprocess
+from datetime import date
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+from pypdf import PdfReader
+
+from analysis import reports
+from analysis.classes import CLASS_NAMES
+from analysis.models import Analysis
+from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory
+
+pytestmark = pytest.mark.django_db
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+PROBABILITIES = {"akiec": 0.021, "bcc": 0.034, "bkl": 0.112, "df": 0.008, "mel": 0.712, "nv": 0.101, "vasc": 0.012}
+
+
+@pytest.fixture
+def done_analysis(staff, patient, settings, tmp_path):
+    patient.name, patient.mrn, patient.date_of_birth, patient.sex = (
+        "Ada Example",
+        "MRN-4711",
+        date(1970, 5, 1),
+        "female",
+    )
+    patient.save()
+    clinic = patient.clinic
+    clinic.name, clinic.time_zone = "Praxis Nord", "Europe/Vienna"
+    clinic.save()
+    image = LesionImageFactory(case=CaseFactory(patient=patient, clinician=staff, body_site="back"), uploaded_by=staff)
+    analysis = AnalysisFactory(image=image)
+    assert Analysis.claim(analysis.pk)
+    analysis.refresh_from_db()
+    analysis.finish(PROBABILITIES, "mnv2-test-version")
+    card = tmp_path / "metrics.json"
+    card.write_text(
+        json.dumps(
+            {
+                "model_version": "mnv2-test-version",
+                "test": {"accuracy": 0.8123, "balanced_accuracy": 0.7345, "melanoma_recall": 0.7012, "n": 1995},
+            }
+        )
+    )
+    settings.MODEL_METRICS = card
+    return analysis
+
+
+def pdf_text(data: bytes) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
+
+
+def test_the_report_states_patient_result_every_probability_model_and_disclaimer(done_analysis):
+    pdf = reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk))
+    assert pdf.startswith(b"%PDF-")
+    text = " ".join(pdf_text(pdf).split())
+    assert "MRN-4711" in text and "Ada Example" in text and "Praxis Nord" in text
+    assert "Melanoma (mel)" in text
+    assert "MALIGNANT" in text
+    for code, p in PROBABILITIES.items():
+        assert f"{CLASS_NAMES[code]} {code} {round(100 * p, 1)}%" in text
+    assert "mnv2-test-version" in text
+    assert "accuracy 0.812" in text and "balanced accuracy 0.735" in text  # from the model card file
+    assert "Screening aid only, not a diagnosis" in text
+    assert "Page 1 of 1" in text
+    assert f"Praxis Nord · report {done_analysis.pk} · MRN MRN-4711" in text  # the footer of every page
+
+
+def test_the_probability_table_is_sorted_highest_first(done_analysis):
+    text = " ".join(pdf_text(reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk))).split())
+    table = text[text.index("Probability") :]
+    positions = [
+        table.index(f"{CLASS_NAMES[c]} {c} ") for c in sorted(PROBABILITIES, key=PROBABILITIES.get, reverse=True)
+    ]
+    assert positions == sorted(positions)
+
+
+def test_a_model_version_without_its_card_says_so_rather_than_showing_numbers(done_analysis, settings, tmp_path):
+    settings.MODEL_METRICS = tmp_path / "missing.json"
+    text = " ".join(pdf_text(reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk))).split())
+    assert "measured accuracy is not shown" in text
+
+
+@pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler's pdftoppm is not installed")
+def test_page_one_renders_to_png_as_an_artifact(done_analysis):
+    ARTIFACTS.mkdir(exist_ok=True)
+    pdf = ARTIFACTS / "report-example.pdf"
+    pdf.write_bytes(reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk)))
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "80", "-singlefile", str(pdf), str(ARTIFACTS / "report-page1")], check=True
+    )
+    png = ARTIFACTS / "report-page1.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_store_report_attaches_the_file_under_a_generated_name(done_analysis):
+    reports.store_report(done_analysis)
+    done_analysis.refresh_from_db()
+    assert done_analysis.report.name.startswith("reports/")
+    assert "MRN" not in done_analysis.report.name  # no patient data in stored file names
+    assert done_analysis.report.read(5) == b"%PDF-"
+
+
+def test_staff_and_colleague_download_the_report_with_a_clear_name(client, staff, colleague, done_analysis):
+    reports.store_report(done_analysis)
+    for user in (staff, colleague):
+        client.force_login(user)
+        response = client.get(reverse("analysis-report", args=[done_analysis.pk]))
+        assert response.status_code == 200
+        assert response["Content-Type"] == "application/pdf"
+        disposition = response["Content-Disposition"]
+        assert "skinsite_praxis-nord_mrn-4711_" in disposition and f"analysis-{done_analysis.pk}.pdf" in disposition
+        assert b"".join(response.streaming_content)[:5] == b"%PDF-"
+
+
+def test_outsider_gets_404_for_another_clinics_report(client, outsider, done_analysis):
+    reports.store_report(done_analysis)
+    client.force_login(outsider)
+    assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404
+
+
+def test_anonymous_is_sent_to_login_for_a_report(client, done_analysis):
+    reports.store_report(done_analysis)
+    response = client.get(reverse("analysis-report", args=[done_analysis.pk]))
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_report_is_404_until_the_worker_has_written_it(client, staff, done_analysis):
+    client.force_login(staff)
+    assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404

@@ -1,0 +1,153 @@
+"""Push images through the real stack and print what it costs: ``python -m workers.bench`` (``make bench``).
+
+Redis + K `celery worker` processes + the database, as the service runs them. Without DATABASE_URL and
+REDIS_URL it makes a throw-away SQLite file and an embedded Redis. Prints:
+- warm latency: images submitted one at a time, submit-to-done p50/p95 (from the rows' own timestamps);
+- throughput: N images submitted at once, images/s until the last is done;
+- the model's own time per image (ml.bench's LiteRT path, batch 1, same thread count as a worker), and
+  the queue's overhead (latency p50 minus model p50) and their ratio;
+- the median PDF report render time, and each worker pool process's resident memory.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def bench_images(count: int) -> list[Path]:
+    from ml import data, paths
+
+    if (paths.DATA_DIR / "split.csv").exists():
+        test = data.part(data.load_dataset(paths.DATA_DIR), "test")
+        return [Path(p) for p in test["path"][:count]]
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="skinsite-bench-images-"))
+    for i in range(count):
+        image = Image.new("RGB", (200, 150), (220, 170 - i % 40, 150))
+        image.paste((90, 50, 40), (60 + i % 30, 40, 140, 110))
+        image.save(folder / f"bench{i}.jpg", quality=92)
+    return sorted(folder.glob("*.jpg"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=60, help="images submitted at once (throughput)")
+    parser.add_argument("--sequential", type=int, default=20, help="images submitted one at a time (latency)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (one pool process each)")
+    args = parser.parse_args(argv)
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="skinsite-bench-")))
+        os.environ.setdefault("DATABASE_URL", f"sqlite:///{tmp / 'bench.sqlite3'}")
+        os.environ["MEDIA_ROOT"] = str(tmp / "media")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "skinsite.settings")
+        if not os.environ.get("REDIS_URL"):
+            from skinsite import embedded_redis
+
+            os.environ["REDIS_URL"] = stack.enter_context(embedded_redis.running())
+        import django
+
+        django.setup()
+        run(args, tmp, stack)
+
+
+def run(args, tmp: Path, stack: ExitStack) -> None:
+    from django.conf import settings
+    from django.core.files import File
+    from django.core.management import call_command
+
+    from analysis import reports
+    from analysis.models import Analysis, Case, Clinic, Membership, Patient
+    from analysis.services import submit_image
+    from ml.bench import bench as model_bench
+    from workers.process import Worker
+
+    call_command("migrate", verbosity=0)
+    clinic = Clinic.objects.create(name=f"Bench clinic {time.time_ns()}")
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(f"bench{time.time_ns()}")
+    Membership.objects.create(user=user, clinic=clinic)
+    case = Case.objects.create(patient=Patient.objects.create(clinic=clinic, mrn="BENCH-1", name="Bench Patient"))
+    images = bench_images(max(args.images, args.sequential))
+    db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    print(
+        f"stack: {args.workers} worker process(es), database {db}, broker {settings.REDIS_URL}, model {settings.SKINSITE_MODEL.name}"
+    )
+
+    workers = [stack.enter_context(Worker(settings.REDIS_URL, tmp / f"worker{i}.log")) for i in range(args.workers)]
+
+    def submit(path: Path) -> int:
+        with path.open("rb") as handle:
+            return submit_image(case, File(handle, name=path.name), user).pk
+
+    def wait(ids: list[int], timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while Analysis.objects.filter(pk__in=ids, status__in=["queued", "running"]).exists():
+            if time.monotonic() > deadline:
+                sys.exit("timed out waiting for the workers; see their logs in " + str(tmp))
+            time.sleep(0.005)
+
+    wait([submit(images[0]) for _ in range(args.workers * 2)])  # warm every worker's first task
+    latencies = []
+    for path in images[: args.sequential]:
+        pk = submit(path)
+        wait([pk])
+        a = Analysis.objects.get(pk=pk)
+        latencies.append((a.finished_at - a.queued_at).total_seconds() * 1000)
+        # Its report follows on the same worker: let it finish, so the next image meets an idle worker.
+        while not Analysis.objects.filter(pk=pk).exclude(report="").exists():
+            time.sleep(0.005)
+
+    ids = []
+    started = time.perf_counter()
+    ids = [submit(path) for path in images[: args.images]]
+    wait(ids)
+    elapsed = time.perf_counter() - started
+    failed = Analysis.objects.filter(pk__in=ids, status="failed").count()
+
+    model = model_bench(settings.SKINSITE_MODEL, repeats=100, threads=1, include_keras=False)["litert"]
+    done = list(Analysis.objects.filter(pk__in=ids[:10]).select_related("image__case__patient__clinic"))
+    render = []
+    for a in done:
+        t0 = time.perf_counter()
+        reports.render_pdf(a)
+        render.append((time.perf_counter() - t0) * 1000)
+    rss = {pid: _rss_mb(pid) for w in workers for pid in w.pool_pids()}
+
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    print(f"warm latency, submit to done ({len(latencies)} one at a time): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    print(
+        f"throughput ({len(ids)} at once, {args.workers} workers): {len(ids) / elapsed:.1f} images/s, {failed} failed"
+    )
+    print(
+        f"model alone (LiteRT, batch 1, 1 thread): p50 {model['batch1_p50_ms']:.1f} ms, p95 {model['batch1_p95_ms']:.1f} ms"
+    )
+    print(
+        f"queue + database + image I/O overhead: {p50 - model['batch1_p50_ms']:.1f} ms per analysis; latency/model ratio {p50 / model['batch1_p50_ms']:.2f}"
+    )
+    print(f"PDF report render: median {statistics.median(render):.0f} ms over {len(render)} reports")
+    for pid, mb in rss.items():
+        print(f"worker pool process {pid}: resident memory {mb:.0f} MB")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":
+    main()
