@@ -33,18 +33,20 @@ def test_an_upload_is_sent_to_the_workers_only_after_its_transaction_commits(
 
 
 def test_an_analysis_added_in_the_admin_is_sent_too(case, django_capture_on_commit_callbacks):
-    with mock.patch.object(tasks.analyse, "apply_async") as send:
-        with django_capture_on_commit_callbacks(execute=True):
-            analysis = AnalysisFactory(image__case=case)
+    with mock.patch.object(tasks.analyse, "apply_async") as send, django_capture_on_commit_callbacks(execute=True):
+        analysis = AnalysisFactory(image__case=case)
     send.assert_called_once_with((analysis.pk,), retry=False)
 
 
 def test_an_unreachable_broker_leaves_the_analysis_queued_and_the_upload_saved(
     case, staff, django_capture_on_commit_callbacks
 ):
-    with mock.patch.object(tasks.analyse, "apply_async", side_effect=BrokerError("connection refused")):
-        with django_capture_on_commit_callbacks(execute=True):
-            analysis = submit_image(case, jpeg_upload("a.jpg"), staff)
+    refused = BrokerError("connection refused")
+    with (
+        mock.patch.object(tasks.analyse, "apply_async", side_effect=refused),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        analysis = submit_image(case, jpeg_upload("a.jpg"), staff)
     analysis.refresh_from_db()
     assert analysis.status == "queued"
     assert analysis.image.image.read(2) == b"\xff\xd8"
