@@ -44,8 +44,10 @@ def validate_image_file(upload) -> tuple[int, int]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadRejected("The image declares more pixels than is allowed.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UploadRejected(f"The file could not be read as a JPG or PNG image ({error}).") from None
+    except UnidentifiedImageError:
+        raise UploadRejected("The file could not be read as a JPG or PNG image.") from None
+    except (OSError, SyntaxError, ValueError):
+        raise UploadRejected("The file could not be read as a JPG or PNG image: it looks damaged or cut short.") from None
     finally:
         upload.seek(0)
     if min(width, height) < settings.MIN_IMAGE_SIDE:

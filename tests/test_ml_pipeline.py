@@ -65,6 +65,8 @@ def tiny_run(tmp_path_factory):
         batch_size=8,
         copies=2,
         learning_rate=3e-3,
+        label_smoothing=0.0,
+        dropout=0.3,
         patience=10,
         freeze_batch_norm=False,  # from random init the batch statistics are all the scale there is
         cut="block_2_add",  # a random lower part shrinks activations: cut early, train the rest
