@@ -106,7 +106,11 @@ class PatientFilter(django_filters.FilterSet):
 
 
 class PatientViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Patients of the caller's clinic."""
 
@@ -166,7 +170,11 @@ class CaseFilter(django_filters.FilterSet):
 
 
 class CaseViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Cases of the caller's clinic; `?patient=<id>` lists one patient's cases."""
 
@@ -312,7 +320,16 @@ class AnalysisFilter(django_filters.FilterSet):
 
     class Meta:
         model = Analysis
-        fields = ["patient", "case", "image", "status", "predicted_class", "malignant", "created_after", "created_before"]
+        fields = [
+            "patient",
+            "case",
+            "image",
+            "status",
+            "predicted_class",
+            "malignant",
+            "created_after",
+            "created_before",
+        ]
 
 
 class PDFRenderer(renderers.BaseRenderer):
