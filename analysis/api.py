@@ -54,7 +54,19 @@ def check_content_length(request, limit: int) -> None:
     except ValueError:
         length = 0
     if length > limit:
-        raise RequestTooLarge(f"The request body is {length / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        raise RequestTooLarge(f"The request body is too large: {length:,} bytes, the limit is {limit:,} bytes.")
+
+
+class BoundedBodyMixin:
+    """Refuses, as 413 JSON, a request body over `body_limit` bytes (after authentication, so an anonymous
+    caller still hears 401). DRF reads JSON bodies whole, without Django's DATA_UPLOAD_MAX_MEMORY_SIZE check."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        check_content_length(request, self.body_limit())
+
+    def body_limit(self) -> int:
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 class ClinicRelatedField(serializers.PrimaryKeyRelatedField):
@@ -106,6 +118,7 @@ class PatientFilter(django_filters.FilterSet):
 
 
 class PatientViewSet(
+    BoundedBodyMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -170,6 +183,7 @@ class CaseFilter(django_filters.FilterSet):
 
 
 class CaseViewSet(
+    BoundedBodyMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -243,7 +257,7 @@ class LesionImageSerializer(serializers.ModelSerializer):
 
 
 class LesionImageViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    BoundedBodyMixin, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     """Lesion images of the caller's clinic. POST (multipart) stores an image and queues its analysis."""
 
@@ -254,10 +268,9 @@ class LesionImageViewSet(
     def get_queryset(self):
         return for_clinic(self.request.user, LesionImage).prefetch_related("analyses")
 
-    def create(self, request, *args, **kwargs):
+    def body_limit(self) -> int:
         # A body far over the image limit is refused before Django spools it to disk.
-        check_content_length(request, settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD)
-        return super().create(request, *args, **kwargs)
+        return settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
 
 
 PROBABILITIES_SCHEMA = {
