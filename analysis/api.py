@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import FileResponse
+from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
@@ -320,7 +321,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
         """The URL of the PDF report once it is written, else null."""
         if not analysis.report:
             return None
-        return self.context["request"].build_absolute_uri(f"/api/analyses/{analysis.pk}/report/")
+        return self.context["request"].build_absolute_uri(reverse("api:analysis-report", args=[analysis.pk]))
 
 
 class AnalysisFilter(django_filters.FilterSet):

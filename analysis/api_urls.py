@@ -7,6 +7,8 @@ from rest_framework.routers import DefaultRouter
 
 from analysis import api
 
+app_name = "api"
+
 router = DefaultRouter()
 router.register("patients", api.PatientViewSet, basename="patient")
 router.register("cases", api.CaseViewSet, basename="case")
@@ -14,9 +16,9 @@ router.register("images", api.LesionImageViewSet, basename="image")
 router.register("analyses", api.AnalysisViewSet, basename="analysis")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("auth/token/", obtain_auth_token, name="token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
     *router.urls,
 ]
