@@ -2,6 +2,7 @@
 
 import datetime as dt
 import io
+from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -9,12 +10,14 @@ from django.contrib.staticfiles import finders
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from analysis.models import Analysis, Case, LesionImage, Patient
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, UserFactory, jpeg_upload
+from workers import tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -500,10 +503,13 @@ def test_an_id_too_large_for_the_database_is_a_404_not_a_500(api):
 
 
 def test_the_report_is_404_json_until_it_is_written_then_the_pdf(api, analysis):
-    done(analysis)
-    missing = api.get(f"/api/analyses/{analysis.pk}/report/")
-    assert missing.status_code == 404
+    with mock.patch.object(tasks.render_report, "apply_async") as render:
+        queued = api.get(f"/api/analyses/{analysis.pk}/report/")
+        done(analysis)
+        missing = api.get(f"/api/analyses/{analysis.pk}/report/")
+    assert queued.status_code == missing.status_code == 404
     assert missing.json() == {"detail": "This report has not been produced yet."}
+    render.assert_called_once_with((analysis.pk,), retry=False)  # done without a report: a worker is asked
 
     analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 a report"))
     response = api.get(f"/api/analyses/{analysis.pk}/report/")
@@ -512,6 +518,12 @@ def test_the_report_is_404_json_until_it_is_written_then_the_pdf(api, analysis):
     assert f"analysis-{analysis.pk}.pdf" in response["Content-Disposition"]
     assert b"".join(response.streaming_content) == b"%PDF-1.4 a report"
     assert api.get(f"/api/analyses/{analysis.pk}/").json()["report"].endswith(f"/api/analyses/{analysis.pk}/report/")
+
+
+def test_a_missing_report_is_still_a_404_when_the_broker_is_down(api, analysis):
+    done(analysis)
+    with mock.patch.object(tasks.render_report, "apply_async", side_effect=OperationalError("down")):
+        assert api.get(f"/api/analyses/{analysis.pk}/report/").status_code == 404
 
 
 def test_the_report_can_be_asked_for_as_pdf(api, analysis):
