@@ -478,6 +478,14 @@ def test_analyses_are_filtered(api, staff, case, analysis):
     assert ids(created_before=(today - dt.timedelta(days=5)).isoformat()) == [queued.pk]
 
 
+def test_lists_take_the_same_few_queries_however_many_rows(api, case, django_assert_max_num_queries):
+    for _ in range(5):
+        done(AnalysisFactory(image=LesionImageFactory(case=case)))
+    for url in ["/api/analyses/", "/api/images/", "/api/cases/", "/api/patients/"]:
+        with django_assert_max_num_queries(6):  # token, membership, count, page (+ prefetch)
+            assert api.get(url).status_code == 200
+
+
 @pytest.mark.parametrize(
     "params, field",
     [
