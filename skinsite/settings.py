@@ -70,6 +70,10 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc served from our static files: the docs work offline
     "analysis",
 ]
 
@@ -171,6 +175,41 @@ STORAGES = {
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_MB", 10) * 1024 * 1024
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
 MIN_IMAGE_SIDE = env_int("MIN_IMAGE_SIDE", 64)
+
+# Non-file form fields and JSON bodies: Django's default of 2.5 MB, named here because the API relies on
+# it (analysis/api.py answers a bigger body with 413 JSON). Image files are bounded by MAX_UPLOAD_BYTES.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
+
+# REST API (analysis/api.py): token or session, clinic staff only, every list paginated.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "analysis.permissions.IsClinicMember",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "analysis.api.api_exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "skinsite API",
+    "DESCRIPTION": "Patients, cases, lesion image submission, analysis results and PDF reports of your clinic.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "CaseStatusEnum": "analysis.models.Case.Status",
+        "AnalysisStatusEnum": "analysis.models.Analysis.Status",
+    },
+}
 
 # Production hardening; every one defaults on when DEBUG=0 so `check --deploy` passes.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import redis
 from django.conf import settings as django_settings
 
 from skinsite import embedded_redis
@@ -18,6 +19,15 @@ def redis_url():
         django_settings.REDIS_URL = django_settings.CELERY_BROKER_URL = url
         app.conf.broker_url = url
         yield url
+
+
+@pytest.fixture
+def broker(redis_url):
+    """An empty Redis queue for a test that runs real workers."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield redis_url
+    client.flushdb()
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from rest_framework.authtoken.models import Token
 
 from analysis.models import LesionImage, Membership
 from tests.factories import (
@@ -27,6 +28,7 @@ def one_of_everything(superuser):
     MembershipFactory(user=superuser)
     AnalysisFactory()
     Group.objects.create(name="auditors")
+    Token.objects.create(user=superuser)  # API tokens: platform admins can see and revoke them
 
 
 def admin_url(model, view: str, *args) -> str:

@@ -51,14 +51,6 @@ def all_finished(ids) -> bool:
 
 
 @pytest.fixture
-def broker(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield redis_url
-    client.flushdb()
-
-
-@pytest.fixture
 def case(staff):
     return CaseFactory(patient__clinic=staff.membership.clinic, clinician=staff)
 

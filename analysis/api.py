@@ -1,0 +1,406 @@
+"""The REST API: serializers and viewsets for clinics that connect their record systems or submit in batches.
+
+Every queryset goes through `for_clinic`, so another clinic's id is a 404 exactly like an id that does not
+exist; ids sent in a request body (a case's patient, an image's case) are looked up the same way and a
+foreign one is a 400 on that field, worded like a missing one. A patient's clinic is always the caller's.
+"""
+
+import json
+import logging
+
+import django_filters
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.http import FileResponse
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from rest_framework import mixins, renderers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotFound
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.views import exception_handler
+
+from analysis.access import clinic_for, for_clinic
+from analysis.classes import CLASS_CODES
+from analysis.models import Analysis, Case, LesionImage, Patient
+from analysis.reports import file_name
+from analysis.services import submit_image
+from analysis.uploads import UploadRejected, validate_image_file
+
+log = logging.getLogger(__name__)
+
+# Room for the multipart boundaries and the small fields around one image at the size limit.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class RequestTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "request_too_large"
+
+
+def api_exception_handler(exc, context):
+    """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = serializers.ValidationError({"detail": str(exc) or "Too many fields or files in the request."})
+    return exception_handler(exc, context)
+
+
+def check_content_length(request, limit: int) -> None:
+    """Refuse a body over `limit` bytes before anything reads it (the header is what the client declared)."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit:
+        raise RequestTooLarge(f"The request body is too large: {length:,} bytes, the limit is {limit:,} bytes.")
+
+
+class BoundedBodyMixin:
+    """Refuses, as 413 JSON, a request body over `body_limit` bytes (after authentication, so an anonymous
+    caller still hears 401). DRF reads JSON bodies whole, without Django's DATA_UPLOAD_MAX_MEMORY_SIZE check."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        check_content_length(request, self.body_limit())
+
+    def body_limit(self) -> int:
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+class ClinicRelatedField(serializers.PrimaryKeyRelatedField):
+    """An id of a row of the caller's clinic; another clinic's id reads as one that does not exist."""
+
+    def get_queryset(self):
+        return for_clinic(self.context["request"].user, self.queryset)
+
+
+class ClinicMemberField(serializers.PrimaryKeyRelatedField):
+    """The id of a user of the caller's clinic."""
+
+    def get_queryset(self):
+        clinic = clinic_for(self.context["request"].user)
+        return get_user_model().objects.filter(membership__clinic=clinic, is_active=True)
+
+
+# Patients
+
+
+class PatientSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Patient
+        fields = ["id", "mrn", "name", "date_of_birth", "sex", "notes", "created_at"]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"date_of_birth": {"required": True, "allow_null": False}, "sex": {"required": True}}
+
+    def validate_mrn(self, value: str) -> str:
+        clinic = clinic_for(self.context["request"].user)
+        taken = Patient.objects.filter(clinic=clinic, mrn=value)
+        if self.instance is not None:
+            taken = taken.exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise serializers.ValidationError("A patient with this medical record number already exists.")
+        return value
+
+    def validate_date_of_birth(self, value):
+        if value > timezone.localdate():
+            raise serializers.ValidationError("The date of birth cannot be in the future.")
+        return value
+
+
+class PatientFilter(django_filters.FilterSet):
+    mrn = django_filters.CharFilter()
+
+    class Meta:
+        model = Patient
+        fields = ["mrn"]
+
+
+class PatientViewSet(
+    BoundedBodyMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Patients of the caller's clinic."""
+
+    serializer_class = PatientSerializer
+    filterset_class = PatientFilter
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, Patient)
+
+    def perform_create(self, serializer):
+        serializer.save(clinic=clinic_for(self.request.user))
+
+
+# Cases
+
+
+class CaseSerializer(serializers.ModelSerializer):
+    patient = ClinicRelatedField(queryset=Patient.objects.all())
+    clinician = ClinicMemberField(
+        queryset=get_user_model().objects.all(), required=False, allow_null=True, help_text="Defaults to the caller."
+    )
+
+    class Meta:
+        model = Case
+        fields = ["id", "patient", "body_site", "clinician", "opened_on", "closed_on", "status", "clinical_notes"]
+        extra_kwargs = {"body_site": {"required": True}}
+
+    def validate(self, attrs):
+        opened = attrs.get("opened_on", getattr(self.instance, "opened_on", None) or timezone.localdate())
+        closed = attrs.get("closed_on", getattr(self.instance, "closed_on", None))
+        if closed is not None and closed < opened:
+            raise serializers.ValidationError({"closed_on": "A case cannot close before it opened."})
+        return attrs
+
+    def create(self, validated_data):
+        validated_data.setdefault("clinician", self.context["request"].user)
+        return super().create(validated_data)
+
+
+class IdFilter(django_filters.NumberFilter):
+    """An id filter: a whole number in the database's range (not a decimal, which overflows SQLite)."""
+
+    field_class = django_filters.fields.forms.IntegerField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
+
+
+class CaseFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="patient")
+
+    class Meta:
+        model = Case
+        fields = ["patient", "status", "body_site"]
+
+
+class CaseViewSet(
+    BoundedBodyMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Cases of the caller's clinic; `?patient=<id>` lists one patient's cases."""
+
+    serializer_class = CaseSerializer
+    filterset_class = CaseFilter
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, Case)
+
+
+# Images and analyses
+
+
+class AnalysisSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Analysis
+        fields = ["id", "status"]
+
+
+class LesionImageSerializer(serializers.ModelSerializer):
+    case = ClinicRelatedField(queryset=Case.objects.all())
+    image = serializers.FileField(write_only=True, help_text="A JPG or PNG dermoscopic image.")
+    analysis = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LesionImage
+        fields = [
+            "id",
+            "case",
+            "image",
+            "captured_at",
+            "original_filename",
+            "width",
+            "height",
+            "uploaded_at",
+            "analysis",
+        ]
+        read_only_fields = ["original_filename", "width", "height", "uploaded_at"]
+
+    def validate_image(self, upload):
+        try:
+            validate_image_file(upload)
+        except UploadRejected as rejected:
+            raise serializers.ValidationError(str(rejected)) from None
+        return upload
+
+    def validate_captured_at(self, value):
+        if value is not None and value > timezone.now():
+            raise serializers.ValidationError("The capture time cannot be in the future.")
+        return value
+
+    def create(self, validated_data):
+        analysis = submit_image(
+            validated_data["case"],
+            validated_data["image"],
+            self.context["request"].user,
+            validated_data.get("captured_at"),
+        )
+        return analysis.image
+
+    @extend_schema_field(AnalysisSummarySerializer)
+    def get_analysis(self, image: LesionImage):
+        """The image's latest analysis."""
+        latest = max(image.analyses.all(), key=lambda a: (a.created_at, a.pk), default=None)
+        return AnalysisSummarySerializer(latest).data if latest else None
+
+
+class LesionImageViewSet(
+    BoundedBodyMixin, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Lesion images of the caller's clinic. POST (multipart) stores an image and queues its analysis."""
+
+    serializer_class = LesionImageSerializer
+    parser_classes = [MultiPartParser, FormParser]
+    filterset_fields = ["case"]
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, LesionImage).prefetch_related("analyses")
+
+    def body_limit(self) -> int:
+        # A body far over the image limit is refused before Django spools it to disk.
+        return settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+
+
+PROBABILITIES_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "description": "The model's probability for each of the 7 classes; null until the analysis is done.",
+    "properties": {code: {"type": "number", "minimum": 0, "maximum": 1} for code in CLASS_CODES},
+    "required": list(CLASS_CODES),
+}
+
+
+class AnalysisSerializer(serializers.ModelSerializer):
+    case = serializers.IntegerField(source="image.case_id", read_only=True)
+    patient = serializers.IntegerField(source="image.case.patient_id", read_only=True)
+    probabilities = serializers.SerializerMethodField()
+    report = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Analysis
+        fields = [
+            "id",
+            "image",
+            "case",
+            "patient",
+            "status",
+            "predicted_class",
+            "confidence",
+            "malignant",
+            "probabilities",
+            "model_version",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "error",
+            "report",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(PROBABILITIES_SCHEMA)
+    def get_probabilities(self, analysis: Analysis) -> dict[str, float] | None:
+        if not analysis.probabilities:
+            return None
+        return {code: analysis.probabilities[code] for code in CLASS_CODES}
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_report(self, analysis: Analysis) -> str | None:
+        """The URL of the PDF report once it is written, else null."""
+        if not analysis.report:
+            return None
+        return self.context["request"].build_absolute_uri(reverse("api:analysis-report", args=[analysis.pk]))
+
+
+class AnalysisFilter(django_filters.FilterSet):
+    patient = IdFilter(field_name="image__case__patient")
+    case = IdFilter(field_name="image__case")
+    image = IdFilter(field_name="image")
+    malignant = django_filters.BooleanFilter()
+    created_after = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte")
+    created_before = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte")
+
+    class Meta:
+        model = Analysis
+        fields = [
+            "patient",
+            "case",
+            "image",
+            "status",
+            "predicted_class",
+            "malignant",
+            "created_after",
+            "created_before",
+        ]
+
+
+class PDFRenderer(renderers.BaseRenderer):
+    """Lets a client ask for `Accept: application/pdf`; the file itself is streamed by FileResponse, so only
+    error bodies pass through here, and they go out as JSON."""
+
+    media_type = "application/pdf"
+    format = "pdf"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        response = (renderer_context or {}).get("response")
+        if response is not None:
+            response["Content-Type"] = "application/json"
+        return json.dumps(data).encode()
+
+
+def request_report(analysis: Analysis) -> None:
+    """A done analysis whose report is missing (never written, or its file lost): ask a worker for it, as the
+    web page does. With the broker away the caller still gets its 404 and asks again later."""
+    from workers.tasks import TRANSIENT, render_report  # Celery's client side only, never the model
+
+    try:
+        render_report.apply_async((analysis.pk,), retry=False)
+    except TRANSIENT as error:
+        log.warning("report of analysis %s not requested, the broker is unreachable: %s", analysis.pk, error)
+
+
+class AnalysisViewSet(viewsets.ReadOnlyModelViewSet):
+    """Analyses of the caller's clinic, newest first. Poll one until its status is done or failed."""
+
+    serializer_class = AnalysisSerializer
+    filterset_class = AnalysisFilter
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, Analysis).select_related("image__case")
+
+    @extend_schema(
+        responses={
+            (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The PDF report."),
+            404: OpenApiResponse(
+                inline_serializer("NotFound", {"detail": serializers.CharField()}),
+                description="No such analysis in your clinic, or its report is not written yet.",
+            ),
+        }
+    )
+    @action(detail=True, renderer_classes=[renderers.JSONRenderer, PDFRenderer])
+    def report(self, request, pk=None):
+        """The PDF report; 404 until the worker has written it (a done analysis without one asks for it)."""
+        analysis = self.get_object()
+        if not analysis.report or not analysis.report.storage.exists(analysis.report.name):
+            if analysis.status == Analysis.Status.DONE:
+                request_report(analysis)
+            raise NotFound("This report has not been produced yet.")
+        analysis = Analysis.objects.select_related("image__case__patient__clinic").get(pk=analysis.pk)
+        return FileResponse(
+            analysis.report.open("rb"), as_attachment=True, filename=file_name(analysis), content_type="application/pdf"
+        )

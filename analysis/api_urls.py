@@ -1,0 +1,24 @@
+"""The API's routes, included at /api/ (see skinsite/urls.py)."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from analysis import api
+
+app_name = "api"
+
+router = DefaultRouter()
+router.register("patients", api.PatientViewSet, basename="patient")
+router.register("cases", api.CaseViewSet, basename="case")
+router.register("images", api.LesionImageViewSet, basename="image")
+router.register("analyses", api.AnalysisViewSet, basename="analysis")
+
+urlpatterns = [
+    path("auth/token/", obtain_auth_token, name="token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
+    *router.urls,
+]
