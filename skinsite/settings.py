@@ -156,6 +156,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # Patient images and reports: a private folder, never served by URL. Views that show them check the
 # clinic first and stream the file themselves.
