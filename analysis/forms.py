@@ -1,7 +1,10 @@
 """The clinic pages' forms. Upload checks live here (through analysis/uploads.py), never in the views."""
 
+from datetime import date, datetime, timedelta
+
 from django import forms
 from django.db.models import Q
+from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES
 from analysis.models import Analysis, Case, Patient
@@ -115,10 +118,11 @@ class AnalysisFilterForm(forms.Form):
         if not self.is_valid():
             return qs
         data = self.cleaned_data
+        # Whole days in the current time zone, as a range on the column itself so its index serves.
         if data["date_from"]:
-            qs = qs.filter(created_at__date__gte=data["date_from"])
+            qs = qs.filter(created_at__gte=_start_of(data["date_from"]))
         if data["date_to"]:
-            qs = qs.filter(created_at__date__lte=data["date_to"])
+            qs = qs.filter(created_at__lt=_start_of(data["date_to"] + timedelta(days=1)))
         if data["predicted_class"]:
             qs = qs.filter(predicted_class=data["predicted_class"])
         if data["status"]:
@@ -128,3 +132,7 @@ class AnalysisFilterForm(forms.Form):
         if term := data["patient"].strip():
             qs = qs.filter(Q(image__case__patient__name__icontains=term) | Q(image__case__patient__mrn__iexact=term))
         return qs
+
+
+def _start_of(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, datetime.min.time()))

@@ -259,6 +259,14 @@ class Analysis(models.Model):
     class Meta:
         verbose_name_plural = "analyses"
         ordering = ["-created_at", "-pk"]
+        indexes = [
+            # The past analyses list and the dashboard read newest first.
+            models.Index(fields=["-created_at", "-id"], name="analysis_newest_first"),
+            # The dashboard's "malignant, not opened yet": a small slice of a large table.
+            models.Index(
+                fields=["status", "malignant"], condition=models.Q(opened_at__isnull=True), name="analysis_unopened"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Analysis {self.pk} of image {self.image_id} ({self.status})"
