@@ -1,6 +1,7 @@
 """The clinic staff pages: who sees what, what a form stores, what an upload refuses."""
 
 import io
+import zoneinfo
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -385,3 +386,13 @@ def test_password_change_works(client, staff):
     assert response["Location"] == reverse("password_change_done")
     staff.refresh_from_db()
     assert staff.check_password("a much better passphrase 42")
+
+
+def test_times_are_shown_in_the_clinics_time_zone(client, staff, done_analysis):
+    clinic = staff.membership.clinic
+    clinic.time_zone = "Pacific/Auckland"
+    clinic.save()
+    client.force_login(staff)
+    html = client.get(reverse("analysis-detail", args=[done_analysis.pk])).content.decode()
+    local = done_analysis.image.uploaded_at.astimezone(zoneinfo.ZoneInfo("Pacific/Auckland"))
+    assert f"Uploaded {local:%-d %b %Y %H:%M}" in html
