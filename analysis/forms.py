@@ -58,9 +58,7 @@ class ImagesField(forms.FileField):
     widget = MultipleFileInput
 
     def __init__(self, **kwargs):
-        kwargs.setdefault(
-            "widget", MultipleFileInput(attrs={"accept": "image/jpeg,image/png", "aria-describedby": "images-help"})
-        )
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/jpeg,image/png"}))
         super().__init__(**kwargs)
 
     def clean(self, data, initial=None):

@@ -1,6 +1,7 @@
 """The clinic staff pages. Every row comes through analysis/access.py: another clinic's id is a 404."""
 
 import mimetypes
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -11,6 +12,7 @@ from django.db.models import Count, Q
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from analysis.access import clinic_for, for_clinic, get_for_clinic
@@ -20,6 +22,7 @@ from analysis.reports import DISCLAIMER, file_name
 from analysis.services import submit_image
 
 PAGE_SIZE = 25
+REPORT_WAIT = timedelta(minutes=10)
 
 
 # What an analysis row of a list shows; the probabilities and errors stay in the database, which keeps
@@ -244,7 +247,24 @@ def analysis_list(request):
 def analysis_detail(request, pk: int):
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
     analysis.mark_opened(request.user)
-    return render(request, "analyses/detail.html", {"analysis": analysis, "disclaimer": DISCLAIMER})
+    report_ready = _report_ready(analysis)
+    # A worker writes the report within seconds of the result; long after that, none is coming.
+    report_pending = (
+        analysis.status == Analysis.Status.DONE
+        and not report_ready
+        and analysis.finished_at is not None
+        and timezone.now() - analysis.finished_at < REPORT_WAIT
+    )
+    return render(
+        request,
+        "analyses/detail.html",
+        {
+            "analysis": analysis,
+            "disclaimer": DISCLAIMER,
+            "report_ready": report_ready,
+            "report_pending": report_pending,
+        },
+    )
 
 
 def _report_ready(analysis: Analysis) -> bool:

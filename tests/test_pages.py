@@ -2,6 +2,7 @@
 
 import io
 import zoneinfo
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -396,3 +397,12 @@ def test_times_are_shown_in_the_clinics_time_zone(client, staff, done_analysis):
     html = client.get(reverse("analysis-detail", args=[done_analysis.pk])).content.decode()
     local = done_analysis.image.uploaded_at.astimezone(zoneinfo.ZoneInfo("Pacific/Auckland"))
     assert f"Uploaded {local:%-d %b %Y %H:%M}" in html
+
+
+def test_a_result_says_its_report_is_coming_only_while_a_worker_may_still_write_it(client, staff, done_analysis):
+    client.force_login(staff)
+    url = reverse("analysis-detail", args=[done_analysis.pk])
+    assert "being written" in client.get(url).content.decode()
+    Analysis.objects.filter(pk=done_analysis.pk).update(finished_at=done_analysis.finished_at - timedelta(hours=1))
+    html = client.get(url).content.decode()
+    assert "being written" not in html and "No PDF report is available" in html

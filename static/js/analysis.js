@@ -1,5 +1,6 @@
 // The analysis page waits for its result: it polls the status endpoint every second and reloads itself
-// once when the analysis finishes; on a finished page it only waits for the PDF report to be written.
+// once when the analysis finishes; on a finished page it only waits (a few minutes at most) for the PDF
+// report to be written.
 (function () {
   "use strict";
   var result = document.getElementById("result");
@@ -7,9 +8,10 @@
   var url = result.dataset.statusUrl;
   var initial = result.dataset.status;
   var waitingForResult = initial === "queued" || initial === "running";
-  var waitingForReport = initial === "done" && result.dataset.reportReady !== "1";
+  var waitingForReport = result.dataset.reportPending === "1";
   if (!waitingForResult && !waitingForReport) return;
   var delay = 1000;
+  var reportTries = 0;
 
   function poll() {
     fetch(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
@@ -33,6 +35,8 @@
           link.hidden = false;
           document.getElementById("report-pending").hidden = true;
           return;
+        } else if (++reportTries > 300) {
+          return; // the page says the report is being written; a reload later tells the rest
         }
         window.setTimeout(poll, delay);
       })
