@@ -118,6 +118,18 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
     case = Case.objects.get(patient=patient)
     page.wait_for_url(base + reverse("case-detail", args=[case.pk]))
 
+    # A file that is not an image is refused next to the field, and nothing is stored
+    (tmp_path / "notes.jpg").write_bytes(b"this is not a picture")
+    page.get_by_label("Lesion images").set_input_files(str(tmp_path / "notes.jpg"))
+    page.get_by_role("button", name="Upload and analyse").click()
+    error = page.locator(".field.invalid .errors")
+    error.wait_for()
+    assert "notes.jpg: The file could not be read as a JPG or PNG image" in error.inner_text()
+    assert not Analysis.objects.filter(image__case=case).exists()
+    page.set_viewport_size({"width": 768, "height": 1024})  # a tablet held upright
+    shot(page, "case-upload-refused")
+    page.set_viewport_size({"width": 1024, "height": 768})
+
     # An image: the page waits for its result by itself
     page.get_by_label("Lesion images").set_input_files(str(lesion_jpeg(tmp_path / "lesion.jpg")))
     page.get_by_role("button", name="Upload and analyse").click()
