@@ -1,5 +1,6 @@
 """The clinic staff pages. Every row comes through analysis/access.py: another clinic's id is a 404."""
 
+import logging
 import mimetypes
 from datetime import timedelta
 from urllib.parse import urlencode
@@ -20,6 +21,8 @@ from analysis.forms import AnalysisFilterForm, CaseNotesForm, NewCaseForm, Patie
 from analysis.models import Analysis, Case, LesionImage, Patient
 from analysis.reports import DISCLAIMER, file_name
 from analysis.services import submit_image
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
 REPORT_WAIT = timedelta(minutes=10)
@@ -248,13 +251,11 @@ def analysis_detail(request, pk: int):
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
     analysis.mark_opened(request.user)
     report_ready = _report_ready(analysis)
-    # A worker writes the report within seconds of the result; long after that, none is coming.
-    report_pending = (
-        analysis.status == Analysis.Status.DONE
-        and not report_ready
-        and analysis.finished_at is not None
-        and timezone.now() - analysis.finished_at < REPORT_WAIT
-    )
+    report_pending = analysis.status == Analysis.Status.DONE and not report_ready
+    if report_pending and timezone.now() - analysis.finished_at > REPORT_WAIT:
+        # A worker writes the report within seconds of the result; this one was lost or never written
+        # (seeded demo data), so ask for it now.
+        report_pending = _request_report(analysis)
     return render(
         request,
         "analyses/detail.html",
@@ -265,6 +266,18 @@ def analysis_detail(request, pk: int):
             "report_pending": report_pending,
         },
     )
+
+
+def _request_report(analysis: Analysis) -> bool:
+    """Ask the workers to write the report; False when the broker cannot be reached."""
+    from workers.tasks import TRANSIENT, render_report  # the web process imports Celery's client side only
+
+    try:
+        render_report.delay(analysis.pk)
+    except TRANSIENT as error:
+        log.warning("report of analysis %s not requested, the broker is unreachable: %s", analysis.pk, error)
+        return False
+    return True
 
 
 def _report_ready(analysis: Analysis) -> bool:
@@ -292,6 +305,8 @@ def analysis_report(request, pk: int):
     """The PDF report of one analysis, for staff of its clinic only; 404 until the worker has written it."""
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient__clinic"), pk=pk)
     if not _report_ready(analysis):
+        if analysis.status == Analysis.Status.DONE:
+            _request_report(analysis)  # lost or never written: the worker produces it (again)
         raise Http404("This report has not been produced yet.")
     return FileResponse(
         analysis.report.open("rb"), as_attachment=True, filename=file_name(analysis), content_type="application/pdf"

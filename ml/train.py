@@ -52,7 +52,7 @@ class Recipe:
     warmup_epochs: int = 1
     class_weight_power: float = 0.5  # 0: plain cross-entropy, 1: fully balanced
     label_smoothing: float = 0.1
-    copies: int = 8  # copy 0 plain, the rest augmented
+    copies: int = 6  # copy 0 plain, the rest augmented
     units: int = 256
     dropout: float = 0.4
     patience: int = 4

@@ -3,6 +3,7 @@
 import io
 import zoneinfo
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -11,6 +12,7 @@ from PIL import Image
 
 from analysis.models import Analysis, Case, LesionImage, Patient
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, jpeg_upload
+from workers import tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -399,10 +401,17 @@ def test_times_are_shown_in_the_clinics_time_zone(client, staff, done_analysis):
     assert f"Uploaded {local:%-d %b %Y %H:%M}" in html
 
 
-def test_a_result_says_its_report_is_coming_only_while_a_worker_may_still_write_it(client, staff, done_analysis):
+def test_a_result_waits_for_its_report_and_asks_again_for_one_that_never_came(client, staff, done_analysis):
     client.force_login(staff)
     url = reverse("analysis-detail", args=[done_analysis.pk])
-    assert "being written" in client.get(url).content.decode()
+    with mock.patch.object(tasks.render_report, "delay") as render:
+        assert "being written" in client.get(url).content.decode()
+    render.assert_not_called()  # the worker is writing it right now
+
     Analysis.objects.filter(pk=done_analysis.pk).update(finished_at=done_analysis.finished_at - timedelta(hours=1))
-    html = client.get(url).content.decode()
-    assert "being written" not in html and "No PDF report is available" in html
+    with mock.patch.object(tasks.render_report, "delay") as render:
+        assert "being written" in client.get(url).content.decode()
+    render.assert_called_once_with(done_analysis.pk)
+
+    with mock.patch.object(tasks.render_report, "delay", side_effect=ConnectionError("broker down")):
+        assert "could not be requested" in client.get(url).content.decode()

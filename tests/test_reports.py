@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from datetime import date
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from django.urls import reverse
@@ -15,6 +16,7 @@ from analysis import reports
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory
+from workers import tasks
 
 pytestmark = pytest.mark.django_db
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -131,6 +133,29 @@ def test_anonymous_is_sent_to_login_for_a_report(client, done_analysis):
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
 
-def test_report_is_404_until_the_worker_has_written_it(client, staff, done_analysis):
+def test_report_is_404_until_the_worker_has_written_it_and_asks_for_it(client, staff, done_analysis):
     client.force_login(staff)
-    assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404
+    with mock.patch.object(tasks.render_report, "delay") as render:
+        assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404
+    render.assert_called_once_with(done_analysis.pk)
+
+
+def test_a_report_whose_file_went_missing_is_produced_again(client, staff, done_analysis):
+    reports.store_report(done_analysis)
+    done_analysis.refresh_from_db()
+    done_analysis.report.storage.delete(done_analysis.report.name)
+    client.force_login(staff)
+    with mock.patch.object(tasks.render_report, "delay") as render:
+        assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404
+    render.assert_called_once_with(done_analysis.pk)
+    assert tasks.render_report.run(done_analysis.pk) == "done"  # what the worker then does
+    response = client.get(reverse("analysis-report", args=[done_analysis.pk]))
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content)[:5] == b"%PDF-"
+
+
+def test_the_report_task_writes_a_report_only_once(done_analysis):
+    assert tasks.render_report.run(done_analysis.pk) == "done"
+    first = Analysis.objects.get(pk=done_analysis.pk).report.name
+    assert tasks.render_report.run(done_analysis.pk).startswith("skipped")
+    assert Analysis.objects.get(pk=done_analysis.pk).report.name == first

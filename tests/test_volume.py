@@ -1,6 +1,7 @@
 """The pages stay quick at volume: the number of queries on a page does not grow with the rows behind it."""
 
 import time
+from unittest import mock
 
 import pytest
 from django.core.management import call_command
@@ -8,6 +9,7 @@ from django.urls import reverse
 
 from analysis.demo import seed_clinic
 from analysis.models import Analysis, Case, LesionImage, Patient
+from workers import tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -42,10 +44,11 @@ def test_list_pages_need_a_bounded_number_of_queries_with_10000_patients_and_500
         (reverse("case-detail", args=[busiest.pk]), {}),
         (reverse("analysis-detail", args=[analysis.pk]), {}),
     ]
-    for url, params in pages:
-        with django_assert_max_num_queries(MAX_QUERIES):
-            response = client.get(url, params)
-        assert response.status_code == 200, (url, params)
+    with mock.patch.object(tasks.render_report, "delay"):  # seeded results have no report; none is written here
+        for url, params in pages:
+            with django_assert_max_num_queries(MAX_QUERIES):
+                response = client.get(url, params)
+            assert response.status_code == 200, (url, params)
 
     listed = client.get(reverse("analysis-list")).context["page"]
     assert listed.paginator.count == 50_000 and len(listed) == 25
