@@ -14,7 +14,7 @@ DEMO_USER = "demo"
 class Command(BaseCommand):
     help = (
         "Fill a clinic with realistic fake patients, cases, images and finished analyses (no model run), "
-        "so the pages can be tried at volume. Creates the clinic and a staff account 'demo' if needed."
+        "so the pages can be tried at volume. Creates the clinic, and a staff account 'demo' if it has no members."
     )
 
     def add_arguments(self, parser):
@@ -38,6 +38,8 @@ class Command(BaseCommand):
         )
         if password:
             self.stdout.write(f"Sign in as {DEMO_USER!r} with password {password!r} (shown only this once).")
+        else:
+            self.stdout.write(f"Recorded as uploaded by {user.username!r}, a member of {clinic.name!r}.")
 
     def _demo_user(self, clinic):
         User = get_user_model()
