@@ -3,6 +3,7 @@ import time
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.text import slugify
 
 from analysis.demo import seed_clinic
 from analysis.models import Clinic, Membership
@@ -37,7 +38,7 @@ class Command(BaseCommand):
             )
         )
         if password:
-            self.stdout.write(f"Sign in as {DEMO_USER!r} with password {password!r} (shown only this once).")
+            self.stdout.write(f"Sign in as {user.username!r} with password {password!r} (shown only this once).")
         else:
             self.stdout.write(f"Recorded as uploaded by {user.username!r}, a member of {clinic.name!r}.")
 
@@ -46,9 +47,12 @@ class Command(BaseCommand):
         membership = Membership.objects.filter(clinic=clinic).select_related("user").order_by("pk").first()
         if membership is not None:
             return membership.user, None
-        if User.objects.filter(username=DEMO_USER).exists():
-            raise CommandError(f"user {DEMO_USER!r} exists but does not belong to {clinic.name!r}")
+        username = DEMO_USER
+        if User.objects.filter(username=username).exists():
+            username = f"{DEMO_USER}-{slugify(clinic.name)}"
+        if User.objects.filter(username=username).exists():
+            raise CommandError(f"user {username!r} exists but does not belong to {clinic.name!r}")
         password = secrets.token_urlsafe(12)
-        user = User.objects.create_user(DEMO_USER, password=password)
+        user = User.objects.create_user(username, password=password)
         Membership.objects.create(user=user, clinic=clinic)
         return user, password
