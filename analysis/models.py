@@ -151,6 +151,23 @@ class Case(models.Model):
     def __str__(self) -> str:
         return f"Case {self.pk}: {self.get_body_site_display()} of {self.patient}"
 
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.OPEN
+
+    def close(self) -> None:
+        """open -> closed, dated today (in the server's time zone); closing a closed case changes nothing."""
+        if self.is_open:
+            self.status = self.Status.CLOSED
+            self.closed_on = timezone.localdate()
+            self.save(update_fields=["status", "closed_on"])
+
+    def reopen(self) -> None:
+        if not self.is_open:
+            self.status = self.Status.OPEN
+            self.closed_on = None
+            self.save(update_fields=["status", "closed_on"])
+
 
 def lesion_image_path(instance: "LesionImage", filename: str) -> str:
     # A generated name: the uploader's file name may hold a patient's name (kept in original_filename).
@@ -232,10 +249,24 @@ class Analysis(models.Model):
     error = models.TextField(blank=True)
     report = models.FileField(upload_to=report_path, null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # The first time a staff member looked at the finished result: malignant results nobody has opened
+    # yet are what the dashboard puts first.
+    opened_at = models.DateTimeField(null=True, blank=True)
+    opened_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         verbose_name_plural = "analyses"
         ordering = ["-created_at", "-pk"]
+        indexes = [
+            # The past analyses list and the dashboard read newest first.
+            models.Index(fields=["-created_at", "-id"], name="analysis_newest_first"),
+            # The dashboard's "malignant, not opened yet": a small slice of a large table.
+            models.Index(
+                fields=["status", "malignant"], condition=models.Q(opened_at__isnull=True), name="analysis_unopened"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Analysis {self.pk} of image {self.image_id} ({self.status})"
@@ -287,6 +318,30 @@ class Analysis(models.Model):
             started_at=None,
             finished_at=None,
         )
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    def mark_opened(self, user) -> bool:
+        """Remember the first staff member who opened the finished result; later visits change nothing.
+        True when this call was the first."""
+        if self.status != self.Status.DONE or self.opened_at is not None:
+            return False
+        now = timezone.now()
+        changed = (
+            type(self)
+            .objects.filter(pk=self.pk, status=self.Status.DONE, opened_at__isnull=True)
+            .update(opened_at=now, opened_by=user)
+        )
+        if changed:
+            self.opened_at, self.opened_by = now, user
+        return changed == 1
+
+    def probability_rows(self) -> list[tuple[str, str, float, bool]]:
+        """(code, full name, probability, malignant) for all 7 classes, most likely first."""
+        rows = [(code, CLASS_NAMES[code], float(p), code in MALIGNANT) for code, p in self.probabilities.items()]
+        return sorted(rows, key=lambda row: -row[2])
 
     @classmethod
     def recover_stale(cls, running_before, queued_before) -> list[int]:

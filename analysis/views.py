@@ -1,26 +1,312 @@
-from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404
-from django.shortcuts import render
+"""The clinic staff pages. Every row comes through analysis/access.py: another clinic's id is a 404."""
 
-from analysis.access import clinic_for, get_for_clinic
-from analysis.models import Analysis
-from analysis.reports import file_name
+import logging
+import mimetypes
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import Count, Q
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from analysis.access import clinic_for, for_clinic, get_for_clinic
+from analysis.forms import AnalysisFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
+from analysis.models import Analysis, Case, LesionImage, Patient
+from analysis.reports import DISCLAIMER, file_name
+from analysis.services import submit_image
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 25
+REPORT_WAIT = timedelta(minutes=10)
+
+
+# What an analysis row of a list shows; the probabilities and errors stay in the database, which keeps
+# sorting a large clinic's analyses cheap.
+LIST_FIELDS = [
+    "status",
+    "predicted_class",
+    "confidence",
+    "malignant",
+    "created_at",
+    "image__case__body_site",
+    "image__case__patient__name",
+    "image__case__patient__mrn",
+]
+
+
+def _analyses(user):
+    return for_clinic(user, Analysis.objects.select_related("image__case__patient").only(*LIST_FIELDS))
+
+
+def _clinic(user):
+    clinic = clinic_for(user)
+    if clinic is None:
+        raise Http404("Your account does not belong to a clinic.")
+    return clinic
+
+
+def _page(request, qs):
+    return Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
 
 
 @login_required
 def home(request):
-    return render(request, "home.html", {"clinic": clinic_for(request.user)})
+    clinic = clinic_for(request.user)
+    context = {"clinic": clinic}
+    if clinic is not None:
+        analyses = _analyses(request.user)
+        unopened = analyses.filter(status=Analysis.Status.DONE, malignant=True, opened_at__isnull=True)
+        context |= {
+            "recent": analyses[:10],
+            "in_progress": {
+                "queued": 0,
+                "running": 0,
+                **dict(
+                    analyses.filter(status__in=[Analysis.Status.QUEUED, Analysis.Status.RUNNING])
+                    .order_by()
+                    .values_list("status")
+                    .annotate(Count("pk"))
+                ),
+                "unopened_malignant": unopened.count(),
+            },
+            "unopened": unopened.order_by("finished_at", "pk")[:20],
+        }
+    return render(request, "home.html", context)
+
+
+# Patients
+
+
+@login_required
+def patient_list(request):
+    patients = for_clinic(request.user, Patient)
+    query = request.GET.get("q", "").strip()
+    if query:
+        patients = patients.filter(Q(name__icontains=query) | Q(mrn__icontains=query))
+    return render(
+        request,
+        "patients/list.html",
+        {"page": _page(request, patients), "query": query, "qs": urlencode({"q": query}) if query else ""},
+    )
+
+
+@login_required
+def patient_create(request):
+    form = PatientForm(request.POST or None, clinic=_clinic(request.user))
+    if request.method == "POST" and form.is_valid():
+        patient = form.save()
+        messages.success(request, f"{patient.name} was added.")
+        return redirect("patient-detail", pk=patient.pk)
+    return render(request, "patients/form.html", {"form": form})
+
+
+@login_required
+def patient_edit(request, pk: int):
+    patient = get_for_clinic(request.user, Patient, pk=pk)
+    form = PatientForm(request.POST or None, instance=patient, clinic=patient.clinic)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "The patient's details were saved.")
+        return redirect("patient-detail", pk=patient.pk)
+    return render(request, "patients/form.html", {"form": form, "patient": patient})
+
+
+@login_required
+def patient_detail(request, pk: int):
+    patient = get_for_clinic(request.user, Patient, pk=pk)
+    return render(
+        request,
+        "patients/detail.html",
+        {"patient": patient, "cases": patient.history(), "case_form": NewCaseForm()},
+    )
+
+
+@login_required
+@require_POST
+def case_create(request, pk: int):
+    patient = get_for_clinic(request.user, Patient, pk=pk)
+    form = NewCaseForm(request.POST, instance=Case(patient=patient, clinician=request.user))
+    if form.is_valid():
+        case = form.save()
+        messages.success(request, "The case was opened.")
+        return redirect("case-detail", pk=case.pk)
+    return render(
+        request,
+        "patients/detail.html",
+        {"patient": patient, "cases": patient.history(), "case_form": form},
+        status=400,
+    )
+
+
+# Cases
+
+
+def _case_page(request, case, notes_form=None, upload_form=None, status=200):
+    images = case.images.select_related("uploaded_by").prefetch_related("analyses").order_by("uploaded_at", "pk")
+    return render(
+        request,
+        "cases/detail.html",
+        {
+            "case": case,
+            "images": images,
+            "notes_form": notes_form or CaseNotesForm(instance=case),
+            "upload_form": upload_form or UploadForm(case=case),
+        },
+        status=status,
+    )
+
+
+def _get_case(request, pk):
+    return get_for_clinic(request.user, Case.objects.select_related("patient", "clinician"), pk=pk)
+
+
+@login_required
+def case_detail(request, pk: int):
+    case = _get_case(request, pk)
+    if request.method == "POST":
+        form = CaseNotesForm(request.POST, instance=case)
+        if form.is_valid():
+            form.save()
+            messages.success(request, "The case notes were saved.")
+            return redirect("case-detail", pk=case.pk)
+        return _case_page(request, case, notes_form=form, status=400)
+    return _case_page(request, case)
+
+
+@login_required
+@require_POST
+def case_close(request, pk: int):
+    case = _get_case(request, pk)
+    case.close()
+    messages.success(request, "The case was closed.")
+    return redirect("case-detail", pk=case.pk)
+
+
+@login_required
+@require_POST
+def case_reopen(request, pk: int):
+    case = _get_case(request, pk)
+    case.reopen()
+    messages.success(request, "The case was reopened.")
+    return redirect("case-detail", pk=case.pk)
+
+
+@login_required
+@require_POST
+def case_upload(request, pk: int):
+    case = _get_case(request, pk)
+    form = UploadForm(request.POST, request.FILES, case=case)
+    if not form.is_valid():
+        return _case_page(request, case, upload_form=form, status=400)
+    # All the images or none: one transaction, and the analyses are sent only once it commits.
+    with transaction.atomic():
+        analyses = [
+            submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
+            for upload in form.cleaned_data["images"]
+        ]
+    if len(analyses) == 1:
+        return redirect("analysis-detail", pk=analyses[0].pk)
+    messages.success(request, f"{len(analyses)} images were added; their analyses are queued.")
+    return redirect("case-detail", pk=case.pk)
+
+
+# Images and analyses
+
+
+@login_required
+def image_file(request, pk: int):
+    """A lesion image, for staff of its clinic only: there is no public media URL."""
+    image = get_for_clinic(request.user, LesionImage, pk=pk)
+    if not image.image or not image.image.storage.exists(image.image.name):
+        raise Http404("This image file is missing.")
+    content_type = mimetypes.guess_type(image.image.name)[0] or "application/octet-stream"
+    response = FileResponse(image.image.open("rb"), content_type=content_type)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@login_required
+def analysis_list(request):
+    filters = AnalysisFilterForm(request.GET or None)
+    analyses = filters.filter(_analyses(request.user))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "analyses/list.html",
+        {"page": _page(request, analyses), "filters": filters, "qs": query.urlencode()},
+    )
+
+
+@login_required
+def analysis_detail(request, pk: int):
+    analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
+    analysis.mark_opened(request.user)
+    report_ready = _report_ready(analysis)
+    report_pending = analysis.status == Analysis.Status.DONE and not report_ready
+    if report_pending and timezone.now() - analysis.finished_at > REPORT_WAIT:
+        # A worker writes the report within seconds of the result; this one was lost or never written
+        # (seeded demo data), so ask for it now.
+        report_pending = _request_report(analysis)
+    return render(
+        request,
+        "analyses/detail.html",
+        {
+            "analysis": analysis,
+            "disclaimer": DISCLAIMER,
+            "report_ready": report_ready,
+            "report_pending": report_pending,
+        },
+    )
+
+
+def _request_report(analysis: Analysis) -> bool:
+    """Ask the workers to write the report; False when the broker cannot be reached."""
+    from workers.tasks import TRANSIENT, render_report  # the web process imports Celery's client side only
+
+    try:
+        render_report.delay(analysis.pk)
+    except TRANSIENT as error:
+        log.warning("report of analysis %s not requested, the broker is unreachable: %s", analysis.pk, error)
+        return False
+    return True
+
+
+def _report_ready(analysis: Analysis) -> bool:
+    return bool(analysis.report) and analysis.report.storage.exists(analysis.report.name)
+
+
+@login_required
+def analysis_status(request, pk: int):
+    """What the analysis page polls until the result (and then its report) is there."""
+    analysis = get_for_clinic(request.user, Analysis, pk=pk)
+    return JsonResponse(
+        {
+            "id": analysis.pk,
+            "status": analysis.status,
+            "status_display": analysis.get_status_display(),
+            "finished": analysis.is_finished,
+            "report_url": reverse("analysis-report", args=[analysis.pk]) if _report_ready(analysis) else None,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @login_required
 def analysis_report(request, pk: int):
     """The PDF report of one analysis, for staff of its clinic only; 404 until the worker has written it."""
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient__clinic"), pk=pk)
-    if not analysis.report or not analysis.report.storage.exists(analysis.report.name):
+    if not _report_ready(analysis):
         if analysis.status == Analysis.Status.DONE:
-            from workers.tasks import render_report
-
-            render_report.delay(analysis.pk)  # lost or never written: the worker produces it (again)
+            _request_report(analysis)  # lost or never written: the worker produces it (again)
         raise Http404("This report has not been produced yet.")
     return FileResponse(
         analysis.report.open("rb"), as_attachment=True, filename=file_name(analysis), content_type="application/pdf"

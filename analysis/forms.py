@@ -1,0 +1,136 @@
+"""The clinic pages' forms. Upload checks live here (through analysis/uploads.py), never in the views."""
+
+from datetime import date, datetime, timedelta
+
+from django import forms
+from django.db.models import Q
+from django.utils import timezone
+
+from analysis.classes import CLASS_CODES, CLASS_NAMES
+from analysis.models import Analysis, Case, Patient
+from analysis.uploads import UploadRejected, validate_image_file
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+
+class PatientForm(forms.ModelForm):
+    class Meta:
+        model = Patient
+        fields = ["name", "mrn", "date_of_birth", "sex", "notes"]
+        widgets = {"date_of_birth": DateInput(), "notes": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args, clinic, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.clinic = clinic
+
+    def clean_mrn(self) -> str:
+        # The clinic is not a form field, so the model's unique (clinic, mrn) constraint is checked here.
+        mrn = self.cleaned_data["mrn"].strip()
+        taken = Patient.objects.filter(clinic=self.instance.clinic, mrn__iexact=mrn).exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise forms.ValidationError("Another patient of this clinic already has this medical record number.")
+        return mrn
+
+
+class NewCaseForm(forms.ModelForm):
+    class Meta:
+        model = Case
+        fields = ["body_site", "opened_on", "clinical_notes"]
+        widgets = {"opened_on": DateInput(), "clinical_notes": forms.Textarea(attrs={"rows": 3})}
+
+
+class CaseNotesForm(forms.ModelForm):
+    class Meta:
+        model = Case
+        fields = ["body_site", "clinical_notes"]
+        widgets = {"clinical_notes": forms.Textarea(attrs={"rows": 4})}
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class ImagesField(forms.FileField):
+    """One or several image files; every one is checked, and the messages name the file."""
+
+    widget = MultipleFileInput
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"accept": "image/jpeg,image/png"}))
+        super().__init__(**kwargs)
+
+    def clean(self, data, initial=None):
+        files = data if isinstance(data, list | tuple) else [data] if data else []
+        if not files:
+            raise forms.ValidationError("Choose at least one JPG or PNG image.", code="required")
+        errors = []
+        for upload in files:
+            try:
+                validate_image_file(upload)
+            except UploadRejected as rejected:
+                errors.append(forms.ValidationError(f"{upload.name}: {rejected}", code="invalid_image"))
+        if errors:
+            raise forms.ValidationError(errors)
+        return list(files)
+
+
+class UploadForm(forms.Form):
+    images = ImagesField(
+        label="Lesion images",
+        help_text="JPG or PNG, at most 10 MB each. Several images may be chosen at once.",
+    )
+    captured_at = forms.DateTimeField(
+        label="Taken at",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Leave empty if unknown.",
+    )
+
+    def __init__(self, *args, case: Case, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.case = case
+
+    def clean(self):
+        if not self.case.is_open:
+            raise forms.ValidationError("This case is closed; reopen it to add images.")
+        return super().clean()
+
+
+class AnalysisFilterForm(forms.Form):
+    """The filters of the past analyses list; every field is optional and a bad value is ignored."""
+
+    date_from = forms.DateField(label="From", required=False, widget=DateInput())
+    date_to = forms.DateField(label="To", required=False, widget=DateInput())
+    predicted_class = forms.ChoiceField(
+        label="Predicted condition",
+        required=False,
+        choices=[("", "Any")] + [(code, CLASS_NAMES[code]) for code in CLASS_CODES],
+    )
+    status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any")] + Analysis.Status.choices)
+    malignant = forms.BooleanField(label="Malignant only", required=False)
+    patient = forms.CharField(label="Patient (name or MRN)", required=False, max_length=200)
+
+    def filter(self, qs):
+        if not self.is_valid():
+            return qs
+        data = self.cleaned_data
+        # Whole days in the current time zone, as a range on the column itself so its index serves.
+        if data["date_from"]:
+            qs = qs.filter(created_at__gte=_start_of(data["date_from"]))
+        if data["date_to"]:
+            qs = qs.filter(created_at__lt=_start_of(data["date_to"] + timedelta(days=1)))
+        if data["predicted_class"]:
+            qs = qs.filter(predicted_class=data["predicted_class"])
+        if data["status"]:
+            qs = qs.filter(status=data["status"])
+        if data["malignant"]:
+            qs = qs.filter(malignant=True)
+        if term := data["patient"].strip():
+            qs = qs.filter(Q(image__case__patient__name__icontains=term) | Q(image__case__patient__mrn__iexact=term))
+        return qs
+
+
+def _start_of(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, datetime.min.time()))

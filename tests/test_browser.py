@@ -1,0 +1,195 @@
+"""End to end in a real browser (Debian's Chromium, driven by Playwright) against the running stack: the live
+Django server, a real Celery worker process with the shipped model, and Redis.
+
+Screenshots of the main pages go to artifacts/ (git ignores it).
+"""
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+from PIL import Image, ImageDraw
+
+from analysis.models import Analysis, Case, Patient
+from ml.paths import SHIPPED_MODEL
+from workers.process import Worker
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+PASSWORD = "correct horse battery staple"  # tests/factories.py
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not shutil.which(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium) for the browser test"
+    ),
+    pytest.mark.skipif(
+        not SHIPPED_MODEL.with_suffix(".json").exists(),
+        reason=f"no shipped model at {SHIPPED_MODEL} (set SKINSITE_MODEL) for the worker to run",
+    ),
+]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def worker(redis_url, tmp_path):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    with Worker(redis_url, tmp_path / "worker.log") as running:
+        yield running
+
+
+def lesion_jpeg(path: Path) -> Path:
+    image = Image.new("RGB", (320, 240), (226, 178, 156))
+    ImageDraw.Draw(image).ellipse((110, 70, 210, 165), fill=(95, 55, 42))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def sign_in(page, base: str, username: str) -> None:
+    page.goto(base + reverse("login"))
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + "/")
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_of_it(
+    live_server, browser, worker, staff, outsider, tmp_path
+):
+    started = time.monotonic()
+    base = live_server.url
+    context = browser.new_context(viewport={"width": 1024, "height": 768}, accept_downloads=True)  # a tablet
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+
+    sign_in(page, base, "staff")
+    shot(page, "dashboard-empty")
+
+    # A new patient
+    page.get_by_role("link", name="Patients", exact=True).click()
+    page.get_by_role("link", name="New patient").click()
+    page.get_by_label("Name", exact=True).fill("Erika Mustermann")
+    page.get_by_label("Medical record number").fill("E2E-0001")
+    page.get_by_label("Date of birth").fill("1968-05-17")
+    page.get_by_label("Sex").select_option("female")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_role("heading", name="Erika Mustermann").wait_for()
+    patient = Patient.objects.get(mrn="E2E-0001")
+    assert patient.clinic == staff.membership.clinic
+
+    # A case on her back
+    page.get_by_text("Open a new case").click()
+    page.get_by_label("Body site").select_option("back")
+    page.get_by_label("Clinical notes").fill("Pigmented lesion, grew over the last 6 months.")
+    page.get_by_role("button", name="Open case").click()
+    case = Case.objects.get(patient=patient)
+    page.wait_for_url(base + reverse("case-detail", args=[case.pk]))
+
+    # A file that is not an image is refused next to the field, and nothing is stored
+    (tmp_path / "notes.jpg").write_bytes(b"this is not a picture")
+    page.get_by_label("Lesion images").set_input_files(str(tmp_path / "notes.jpg"))
+    page.get_by_role("button", name="Upload and analyse").click()
+    error = page.locator(".field.invalid .errors")
+    error.wait_for()
+    assert "notes.jpg: The file could not be read as a JPG or PNG image" in error.inner_text()
+    assert not Analysis.objects.filter(image__case=case).exists()
+    page.set_viewport_size({"width": 768, "height": 1024})  # a tablet held upright
+    shot(page, "case-upload-refused")
+    page.set_viewport_size({"width": 1024, "height": 768})
+
+    # An image: the page waits for its result by itself
+    page.get_by_label("Lesion images").set_input_files(str(lesion_jpeg(tmp_path / "lesion.jpg")))
+    page.get_by_role("button", name="Upload and analyse").click()
+    analysis = Analysis.objects.get(image__case=case)
+    analysis_url = base + reverse("analysis-detail", args=[analysis.pk])
+    page.wait_for_url(analysis_url)
+    assert page.get_by_role("note").first.inner_text().startswith("Medical disclaimer")
+    try:
+        # No reload by the test: the page's own script notices the finished analysis.
+        page.locator("#predicted, #result .errors").first.wait_for(timeout=90_000)
+    except playwright_api.TimeoutError:
+        analysis.refresh_from_db()
+        raise AssertionError(f"no result shown; analysis is {analysis.status}\n{worker.log_text()[-4000:]}") from None
+    analysis.refresh_from_db()
+    assert analysis.status == "done", analysis.error
+    assert page.locator("#predicted").inner_text() == analysis.get_predicted_class_display()
+    assert page.locator("table.bars tbody tr").count() == 7
+    assert analysis.model_version in page.content()
+
+    # The PDF report, once the worker has written it
+    page.get_by_role("link", name="Download PDF report").wait_for(timeout=60_000)
+    shot(page, "analysis")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download PDF report").click()
+    assert Path(download.value.path()).read_bytes()[:5] == b"%PDF-"
+    analysis.refresh_from_db()
+    assert analysis.opened_by == staff
+
+    # The patient's timeline and the past analyses, filtered
+    page.goto(base + reverse("patient-detail", args=[patient.pk]))
+    page.locator("figure.shot img").first.wait_for()
+    assert page.locator("figure.shot img").first.evaluate("img => img.naturalWidth") == 320
+    shot(page, "patient")
+    page.get_by_role("link", name="Past analyses").click()
+    page.get_by_label("Patient (name or MRN)").fill("E2E-0001")
+    page.get_by_label("Predicted condition").select_option(analysis.predicted_class)
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("link", name=f"#{analysis.pk}").wait_for()
+    assert page.locator("table.list tbody tr").count() == 1
+    shot(page, "past-analyses")
+    page.goto(base + "/")
+    shot(page, "dashboard")
+
+    # Staff of another clinic get 404 for each of these URLs
+    page.get_by_role("button", name="Sign out").click()
+    other = browser.new_context()
+    outsider_page = other.new_page()
+    sign_in(outsider_page, base, "outsider")
+    for url in [
+        reverse("patient-detail", args=[patient.pk]),
+        reverse("case-detail", args=[case.pk]),
+        reverse("analysis-detail", args=[analysis.pk]),
+        reverse("analysis-status", args=[analysis.pk]),
+        reverse("image-file", args=[analysis.image.pk]),
+        reverse("analysis-report", args=[analysis.pk]),
+    ]:
+        response = outsider_page.request.get(base + url)
+        assert response.status == 404, url
+    assert "Erika" not in outsider_page.goto(base + reverse("analysis-list")).text()
+    context.close()
+    other.close()
+    print(f"browser end-to-end test took {time.monotonic() - started:.1f} s")
+    assert os.path.exists(ARTIFACTS / "analysis.png")
