@@ -47,7 +47,9 @@ def validate_image_file(upload) -> tuple[int, int]:
     except UnidentifiedImageError:
         raise UploadRejected("The file could not be read as a JPG or PNG image.") from None
     except (OSError, SyntaxError, ValueError):
-        raise UploadRejected("The file could not be read as a JPG or PNG image: it looks damaged or cut short.") from None
+        raise UploadRejected(
+            "The file could not be read as a JPG or PNG image: it looks damaged or cut short."
+        ) from None
     finally:
         upload.seek(0)
     if min(width, height) < settings.MIN_IMAGE_SIDE:

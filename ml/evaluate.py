@@ -127,7 +127,9 @@ def model_card(meta: dict, metrics: dict) -> str:
         f"# Model card: {meta['name']}",
         "",
         f"Version `{meta['version']}`, trained {meta['created_at']} with seed {recipe['seed']} "
-        f"in {meta['train_seconds'] / 60:.0f} minutes on this project's 2-core CPU. Evaluated {metrics['evaluated_at']}.",
+        f"in {meta['train_seconds'] / 60:.0f} minutes on this project's 2-core CPU (fine-tuning; building the activation "
+        f"cache is not counted when it already existed){', operating point chosen again ' + meta['recalibrated_at'] if meta.get('recalibrated_at') else ''}. "
+        f"Evaluated {metrics['evaluated_at']}.",
         "",
         "**Screening aid only, never a diagnosis.** The model sorts dermoscopic images of skin lesions into the "
         "seven HAM10000 classes. A clinician decides; a lesion of concern is biopsied or referred whatever the model says.",
@@ -198,7 +200,8 @@ def model_card(meta: dict, metrics: dict) -> str:
     if "logit_adjustment" in meta:
         la = meta["logit_adjustment"]
         lines += [
-            f"- Operating point, chosen on val: logits - tau * log(train prior) with tau = {la['tau']:.2f} (keeping val "
+            f"- Operating point, chosen on val: logits - tau * log(train prior) + b * [class is mel] with "
+            f"tau = {la['tau']:.2f}, b = {la.get('melanoma_bias', 0.0):.2f} (keeping val "
             f"melanoma recall >= {recipe.get('min_val_melanoma_recall')}: the highest val balanced accuracy with val "
             f"accuracy >= {recipe['min_val_accuracy']}, or where none reaches it the best mean of the two), then temperature "
             f"T = {meta['temperature']:.3f} fitted on val by log-likelihood; both folded into the last layer.",

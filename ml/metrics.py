@@ -83,39 +83,48 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     return float(min(fine, key=nll))
 
 
-def choose_logit_adjustment(
+def operating_bias(prior: np.ndarray, tau: float, melanoma_bias: float) -> np.ndarray:
+    """The additive logit bias of an operating point: -tau * log(prior), plus an extra push towards melanoma."""
+    bias = -tau * np.log(prior)
+    bias[MEL] += melanoma_bias
+    return bias
+
+
+def choose_operating_point(
     y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_accuracy: float = 0.80, min_melanoma_recall: float = 0.70
-) -> tuple[float, list[dict]]:
-    """Pick tau for logits - tau * log(prior) on held-out data.
+) -> tuple[float, float, list[dict]]:
+    """Pick (tau, melanoma_bias) for logits + operating_bias(prior, tau, melanoma_bias) on held-out data.
 
     tau > 0 moves decisions towards the rare classes, tau < 0 towards the common ones (a model trained with
-    class weights may already lean to the rare ones).
+    class weights may already lean to the rare ones); melanoma_bias >= 0 moves them towards melanoma only.
 
-    The rule, for a screening aid: melanoma recall must stay >= ``min_melanoma_recall``; among those taus, the
-    highest balanced accuracy with accuracy >= ``min_accuracy``, or where none reaches it, the best mean of
-    accuracy and balanced accuracy (and without any tau keeping melanoma recall, the best mean overall).
-    One scalar rather than 7 thresholds, because the rare classes have only a few dozen validation images.
+    The rule, for a screening aid: melanoma recall must stay >= ``min_melanoma_recall``; among those points, the
+    highest balanced accuracy with accuracy >= ``min_accuracy``, or where none reaches it, the best sum of
+    accuracy and balanced accuracy (and without any point keeping melanoma recall, the best sum overall).
+    Two scalars rather than 7 thresholds, because the rare classes have only a few dozen validation images.
     """
     rows = []
     for tau in np.round(np.arange(-1.0, 1.51, 0.05), 2):
-        pred = (logits - tau * np.log(prior)).argmax(axis=1)
-        recalls = [np.mean(pred[y == c] == c) for c in range(len(prior)) if np.any(y == c)]
-        rows.append(
-            {
-                "tau": float(tau),
-                "accuracy": float(np.mean(pred == y)),
-                "balanced_accuracy": float(np.mean(recalls)),
-                "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else 0.0,
-            }
-        )
+        for melanoma_bias in np.round(np.arange(0.0, 2.01, 0.1), 2):
+            pred = (logits + operating_bias(prior, tau, melanoma_bias)).argmax(axis=1)
+            recalls = [np.mean(pred[y == c] == c) for c in range(len(prior)) if np.any(y == c)]
+            rows.append(
+                {
+                    "tau": float(tau),
+                    "melanoma_bias": float(melanoma_bias),
+                    "accuracy": float(np.mean(pred == y)),
+                    "balanced_accuracy": float(np.mean(recalls)),
+                    "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else 0.0,
+                }
+            )
 
-    def mean(r):
-        return r["accuracy"] + r["balanced_accuracy"]
+    def simplicity(r):
+        return -abs(r["tau"]) - r["melanoma_bias"]
 
     safe = [r for r in rows if r["melanoma_recall"] >= min_melanoma_recall] or rows
     accurate = [r for r in safe if r["accuracy"] >= min_accuracy]
     if accurate:
-        best = max(accurate, key=lambda r: (r["balanced_accuracy"], -abs(r["tau"])))
+        best = max(accurate, key=lambda r: (round(r["balanced_accuracy"], 6), simplicity(r)))
     else:
-        best = max(safe, key=lambda r: (mean(r), -abs(r["tau"])))
-    return best["tau"], rows
+        best = max(safe, key=lambda r: (round(r["accuracy"] + r["balanced_accuracy"], 6), simplicity(r)))
+    return best["tau"], best["melanoma_bias"], rows

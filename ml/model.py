@@ -98,3 +98,10 @@ def fold_output_adjustment(model: keras.Model, bias, temperature: float) -> None
     dense = model.get_layer("probs")
     kernel, b = dense.get_weights()
     dense.set_weights([kernel / temperature, (b + bias) / temperature])
+
+
+def unfold_output_adjustment(model: keras.Model, bias, temperature: float) -> None:
+    """Undo :func:`fold_output_adjustment`, in place: the last layer gives raw logits again."""
+    dense = model.get_layer("probs")
+    kernel, b = dense.get_weights()
+    dense.set_weights([kernel * temperature, b * temperature - bias])

@@ -32,7 +32,7 @@ from tqdm import tqdm  # noqa: E402
 from . import data, features, paths  # noqa: E402
 from .export import to_tflite  # noqa: E402
 from .labels import CLASSES  # noqa: E402
-from .metrics import choose_logit_adjustment, fit_temperature, softmax, summary  # noqa: E402
+from .metrics import choose_operating_point, fit_temperature, operating_bias, softmax, summary  # noqa: E402
 from .model import build_classifier, fold_output_adjustment, set_trainable_from, split_model  # noqa: E402
 from .preprocess import INPUT_SIZE  # noqa: E402
 
@@ -201,46 +201,59 @@ def train(
         log.info("kept the epoch with the best val %s: %.4f", recipe.select_on, best)
 
     result: dict = {"recipe": asdict(recipe), "history": history}
+    val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
     if recipe.adjust_and_calibrate:
-        logits = np.log(np.clip(trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0), 1e-12, None))
         prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
-        tau, sweep = choose_logit_adjustment(
-            y_val, logits, prior, recipe.min_val_accuracy, recipe.min_val_melanoma_recall
-        )
-        bias = -tau * np.log(prior)
-        temperature = fit_temperature(y_val, logits + bias)
-        fold_output_adjustment(model, bias, temperature)
-        result.update(
-            logit_adjustment={"tau": tau, "bias": bias.tolist(), "sweep": sweep},
-            temperature=temperature,
-            val_before_calibration=summary(y_val, softmax(logits + bias)),
-            val=summary(y_val, softmax((logits + bias) / temperature)),
-        )
-        log.info("operating point tau=%.2f, temperature=%.3f", tau, temperature)
+        result.update(set_operating_point(model, y_val, np.log(np.clip(val_probs, 1e-12, None)), prior, recipe))
     else:
-        result.update(temperature=1.0, val=summary(y_val, trained.predict(val_inputs.astype(np.float32), verbose=0)))
+        result.update(temperature=1.0, val=summary(y_val, val_probs))
+    result.update(
+        train_seconds=round(time.time() - started, 1),
+        data_dir=str(data_dir),
+        images={p: int((frame["split"] == p).sum()) for p in ("train", "val", "test")},
+    )
+    return save(model, out, out_name(recipe), result)
 
+
+def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.ndarray, recipe: Recipe) -> dict:
+    """Choose the operating point and the temperature on val, fold both into the model's last layer (in place).
+
+    ``logits`` are the model's raw val logits (nothing folded in yet)."""
+    tau, melanoma_bias, sweep = choose_operating_point(
+        y_val, logits, prior, recipe.min_val_accuracy, recipe.min_val_melanoma_recall
+    )
+    bias = operating_bias(prior, tau, melanoma_bias)
+    temperature = fit_temperature(y_val, logits + bias)
+    fold_output_adjustment(model, bias, temperature)
+    log.info("operating point tau=%.2f, melanoma bias=%.2f, temperature=%.3f", tau, melanoma_bias, temperature)
+    return {
+        "logit_adjustment": {"tau": tau, "melanoma_bias": melanoma_bias, "bias": bias.tolist(), "sweep": sweep},
+        "temperature": temperature,
+        "val_before_calibration": summary(y_val, softmax(logits + bias)),
+        "val": summary(y_val, softmax((logits + bias) / temperature)),
+    }
+
+
+def save(model, out: Path, name: str, result: dict) -> dict:
+    """Write the Keras file, its TFLite export and the JSON beside them; the version names the TFLite hash."""
     out.mkdir(parents=True, exist_ok=True)
-    keras_file, tflite_file = out / f"{out_name(recipe)}.keras", out / f"{out_name(recipe)}.tflite"
+    keras_file, tflite_file = out / f"{name}.keras", out / f"{name}.tflite"
     model.save(keras_file, include_optimizer=False)
     to_tflite(model, tflite_file)
     digest = sha256(tflite_file)
     stamp = datetime.now(UTC)
     result.update(
         name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
-        version=f"mnv2-ham10000-{recipe.name}-{stamp:%Y%m%d}-{digest[:8]}",
+        version=f"mnv2-ham10000-{result['recipe']['name']}-{stamp:%Y%m%d}-{digest[:8]}",
         created_at=stamp.isoformat(timespec="seconds"),
         classes=list(CLASSES),
-        input_size=list(recipe.input_size),
+        input_size=list(result["recipe"]["input_size"]),
         files={keras_file.name: sha256(keras_file), tflite_file.name: digest},
-        train_seconds=round(time.time() - started, 1),
-        data_dir=str(data_dir),
-        images={p: int((frame["split"] == p).sum()) for p in ("train", "val", "test")},
         python=sys.version.split()[0],
         tensorflow=tf.__version__,
     )
-    (out / f"{out_name(recipe)}.json").write_text(json.dumps(result, indent=2))
-    log.info("saved %s (%s) in %.0f s", keras_file, result["version"], result["train_seconds"])
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    log.info("saved %s (%s)", keras_file, result["version"])
     return result
 
 
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(out / f"{out_name(recipe)}.train.log")],
+        handlers=[logging.StreamHandler(), logging.FileHandler(out / f"{out_name(recipe)}.train.log", mode="w")],
     )
     for required in (args.data_dir, args.weights):
         if not required.exists():
