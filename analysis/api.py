@@ -121,7 +121,7 @@ class PatientFilter(django_filters.FilterSet):
         fields = ["mrn"]
 
 
-class PatientViewSet(
+class ClinicRecordViewSet(
     BoundedBodyMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -129,13 +129,20 @@ class PatientViewSet(
     mixins.UpdateModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Patients of the caller's clinic."""
+    """List, create, read and update the rows of ``model`` that belong to the caller's clinic (no delete)."""
 
-    serializer_class = PatientSerializer
-    filterset_class = PatientFilter
+    model: type
 
     def get_queryset(self):
-        return for_clinic(self.request.user, Patient)
+        return for_clinic(self.request.user, self.model)
+
+
+class PatientViewSet(ClinicRecordViewSet):
+    """Patients of the caller's clinic."""
+
+    model = Patient
+    serializer_class = PatientSerializer
+    filterset_class = PatientFilter
 
     def perform_create(self, serializer):
         serializer.save(clinic=clinic_for(self.request.user))
@@ -186,21 +193,12 @@ class CaseFilter(django_filters.FilterSet):
         fields = ["patient", "status", "body_site"]
 
 
-class CaseViewSet(
-    BoundedBodyMixin,
-    mixins.CreateModelMixin,
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.UpdateModelMixin,
-    viewsets.GenericViewSet,
-):
+class CaseViewSet(ClinicRecordViewSet):
     """Cases of the caller's clinic; `?patient=<id>` lists one patient's cases."""
 
+    model = Case
     serializer_class = CaseSerializer
     filterset_class = CaseFilter
-
-    def get_queryset(self):
-        return for_clinic(self.request.user, Case)
 
 
 # Images and analyses
