@@ -6,7 +6,6 @@ foreign one is a 400 on that field, worded like a missing one. A patient's clini
 """
 
 import json
-import logging
 
 import django_filters
 from django.conf import settings
@@ -29,8 +28,7 @@ from analysis.models import Analysis, Case, LesionImage, Patient
 from analysis.reports import file_name
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
-
-log = logging.getLogger(__name__)
+from workers.tasks import request_report
 
 # Room for the multipart boundaries and the small fields around one image at the size limit.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -361,17 +359,6 @@ class PDFRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
-def request_report(analysis: Analysis) -> None:
-    """A done analysis whose report is missing (never written, or its file lost): ask a worker for it, as the
-    web page does. With the broker away the caller still gets its 404 and asks again later."""
-    from workers.tasks import TRANSIENT, render_report  # Celery's client side only, never the model
-
-    try:
-        render_report.apply_async((analysis.pk,), retry=False)
-    except TRANSIENT as error:
-        log.warning("report of analysis %s not requested, the broker is unreachable: %s", analysis.pk, error)
-
-
 class AnalysisViewSet(viewsets.ReadOnlyModelViewSet):
     """Analyses of the caller's clinic, newest first. Poll one until its status is done or failed."""
 
@@ -394,9 +381,9 @@ class AnalysisViewSet(viewsets.ReadOnlyModelViewSet):
     def report(self, request, pk=None):
         """The PDF report; 404 until the worker has written it (a done analysis without one asks for it)."""
         analysis = self.get_object()
-        if not analysis.report or not analysis.report.storage.exists(analysis.report.name):
+        if not analysis.has_report:
             if analysis.status == Analysis.Status.DONE:
-                request_report(analysis)
+                request_report(analysis.pk)
             raise NotFound("This report has not been produced yet.")
         analysis = Analysis.objects.select_related("image__case__patient__clinic").get(pk=analysis.pk)
         return FileResponse(

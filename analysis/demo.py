@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image, ImageDraw
 
-from analysis.classes import CLASS_CODES, MALIGNANT
+from analysis.classes import CLASS_CODES
 from analysis.models import Analysis, Case, Clinic, LesionImage, Patient
 
 # HAM10000's class frequencies (of 10,015 images).
@@ -240,18 +240,14 @@ def seed_clinic(clinic: Clinic, user, patients: int, analyses: int | None = None
                     )
                 )
                 continue
-            probabilities = fake_probabilities(rng)
-            predicted = max(probabilities, key=probabilities.__getitem__)
+            result = Analysis.result_fields(fake_probabilities(rng))
             # Older results have been looked at; some recent ones are still waiting for a clinician.
             opened = now - image.uploaded_at > timedelta(days=3) or rng.random() < 0.3
             rows.append(
                 Analysis(
                     image=image,
                     status=Analysis.Status.DONE,
-                    probabilities=probabilities,
-                    predicted_class=predicted,
-                    confidence=probabilities[predicted],
-                    malignant=predicted in MALIGNANT,
+                    **result,
                     model_version=MODEL_VERSION,
                     created_at=image.uploaded_at,
                     queued_at=image.uploaded_at,

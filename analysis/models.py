@@ -284,17 +284,30 @@ class Analysis(models.Model):
         )
         return changed == 1
 
-    def finish(self, probabilities: dict[str, float], model_version: str) -> None:
-        """running -> done, storing the 7 probabilities and what follows from them."""
+    @staticmethod
+    def result_fields(probabilities: dict[str, float]) -> dict:
+        """The stored result that follows from 7 probabilities: themselves, the predicted class, its
+        confidence and the malignant flag."""
         probabilities = _checked_probabilities(probabilities)
         predicted = max(probabilities, key=probabilities.__getitem__)
+        return {
+            "probabilities": probabilities,
+            "predicted_class": predicted,
+            "confidence": probabilities[predicted],
+            "malignant": predicted in MALIGNANT,
+        }
+
+    @property
+    def has_report(self) -> bool:
+        """Whether the report file is written and still on disk."""
+        return bool(self.report) and self.report.storage.exists(self.report.name)
+
+    def finish(self, probabilities: dict[str, float], model_version: str) -> None:
+        """running -> done, storing the 7 probabilities and what follows from them."""
         self._transition(
             {self.Status.RUNNING},
             status=self.Status.DONE,
-            probabilities=probabilities,
-            predicted_class=predicted,
-            confidence=probabilities[predicted],
-            malignant=predicted in MALIGNANT,
+            **self.result_fields(probabilities),
             model_version=model_version,
             finished_at=timezone.now(),
             error="",

@@ -1,6 +1,5 @@
 """The clinic staff pages. Every row comes through analysis/access.py: another clinic's id is a 404."""
 
-import logging
 import mimetypes
 from datetime import timedelta
 from urllib.parse import urlencode
@@ -21,8 +20,7 @@ from analysis.forms import AnalysisFilterForm, CaseNotesForm, NewCaseForm, Patie
 from analysis.models import Analysis, Case, LesionImage, Patient
 from analysis.reports import DISCLAIMER, file_name
 from analysis.services import submit_image
-
-log = logging.getLogger(__name__)
+from workers.tasks import request_report
 
 PAGE_SIZE = 25
 REPORT_WAIT = timedelta(minutes=10)
@@ -250,12 +248,12 @@ def analysis_list(request):
 def analysis_detail(request, pk: int):
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
     analysis.mark_opened(request.user)
-    report_ready = _report_ready(analysis)
+    report_ready = analysis.has_report
     report_pending = analysis.status == Analysis.Status.DONE and not report_ready
     if report_pending and timezone.now() - analysis.finished_at > REPORT_WAIT:
         # A worker writes the report within seconds of the result; this one was lost or never written
         # (seeded demo data), so ask for it now.
-        report_pending = _request_report(analysis)
+        report_pending = request_report(analysis.pk)
     return render(
         request,
         "analyses/detail.html",
@@ -268,22 +266,6 @@ def analysis_detail(request, pk: int):
     )
 
 
-def _request_report(analysis: Analysis) -> bool:
-    """Ask the workers to write the report; False when the broker cannot be reached."""
-    from workers.tasks import TRANSIENT, render_report  # the web process imports Celery's client side only
-
-    try:
-        render_report.delay(analysis.pk)
-    except TRANSIENT as error:
-        log.warning("report of analysis %s not requested, the broker is unreachable: %s", analysis.pk, error)
-        return False
-    return True
-
-
-def _report_ready(analysis: Analysis) -> bool:
-    return bool(analysis.report) and analysis.report.storage.exists(analysis.report.name)
-
-
 @login_required
 def analysis_status(request, pk: int):
     """What the analysis page polls until the result (and then its report) is there."""
@@ -294,7 +276,7 @@ def analysis_status(request, pk: int):
             "status": analysis.status,
             "status_display": analysis.get_status_display(),
             "finished": analysis.is_finished,
-            "report_url": reverse("analysis-report", args=[analysis.pk]) if _report_ready(analysis) else None,
+            "report_url": reverse("analysis-report", args=[analysis.pk]) if analysis.has_report else None,
         },
         headers={"Cache-Control": "no-store"},
     )
@@ -304,9 +286,9 @@ def analysis_status(request, pk: int):
 def analysis_report(request, pk: int):
     """The PDF report of one analysis, for staff of its clinic only; 404 until the worker has written it."""
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient__clinic"), pk=pk)
-    if not _report_ready(analysis):
+    if not analysis.has_report:
         if analysis.status == Analysis.Status.DONE:
-            _request_report(analysis)  # lost or never written: the worker produces it (again)
+            request_report(analysis.pk)  # lost or never written: the worker produces it (again)
         raise Http404("This report has not been produced yet.")
     return FileResponse(
         analysis.report.open("rb"), as_attachment=True, filename=file_name(analysis), content_type="application/pdf"

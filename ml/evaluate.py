@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from . import data, paths  # noqa: E402
 from .inference import Classifier, model_metadata  # noqa: E402
@@ -101,8 +101,6 @@ def plot_history(history: list[dict], out: Path) -> None:
 
 
 def per_class_auc(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import roc_auc_score
-
     return {c: float(roc_auc_score(y == i, probs[:, i])) for i, c in enumerate(CLASSES)}
 
 

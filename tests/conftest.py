@@ -17,8 +17,16 @@ def redis_url():
         return
     with embedded_redis.running() as url:
         django_settings.REDIS_URL = django_settings.CELERY_BROKER_URL = url
-        app.conf.broker_url = url
+        use_broker(url)
         yield url
+
+
+def use_broker(url: str) -> None:
+    """Point this (web-side) process's Celery producer at a broker. Connection and producer pools are cached
+    per broker URL, and an earlier send (to the default URL) may have made them: drop ours."""
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 @pytest.fixture

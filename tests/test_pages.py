@@ -404,14 +404,14 @@ def test_times_are_shown_in_the_clinics_time_zone(client, staff, done_analysis):
 def test_a_result_waits_for_its_report_and_asks_again_for_one_that_never_came(client, staff, done_analysis):
     client.force_login(staff)
     url = reverse("analysis-detail", args=[done_analysis.pk])
-    with mock.patch.object(tasks.render_report, "delay") as render:
+    with mock.patch.object(tasks.render_report, "apply_async") as render:
         assert "being written" in client.get(url).content.decode()
     render.assert_not_called()  # the worker is writing it right now
 
     Analysis.objects.filter(pk=done_analysis.pk).update(finished_at=done_analysis.finished_at - timedelta(hours=1))
-    with mock.patch.object(tasks.render_report, "delay") as render:
+    with mock.patch.object(tasks.render_report, "apply_async") as render:
         assert "being written" in client.get(url).content.decode()
-    render.assert_called_once_with(done_analysis.pk)
+    render.assert_called_once_with((done_analysis.pk,), retry=False)
 
-    with mock.patch.object(tasks.render_report, "delay", side_effect=ConnectionError("broker down")):
+    with mock.patch.object(tasks.render_report, "apply_async", side_effect=ConnectionError("broker down")):
         assert "could not be requested" in client.get(url).content.decode()

@@ -16,6 +16,7 @@ from analysis.models import Analysis, LesionImage
 from analysis.services import submit_image
 from ml.inference import model_metadata
 from skinsite import embedded_redis
+from tests.conftest import use_broker
 from tests.factories import CaseFactory
 from workers import app
 from workers.process import Worker as _Worker
@@ -140,13 +141,6 @@ def private_redis():
     use_broker(previous)
     if server["process"].poll() is None:
         stop()
-
-
-def use_broker(url: str) -> None:
-    """Point this (web-side) process's Celery producer at another broker."""
-    app.conf.broker_url = url
-    app._pool = None  # connection and producer pools are cached per broker URL; drop ours
-    app.amqp._producer_pool = None
 
 
 def _pings(client) -> bool:

@@ -145,9 +145,9 @@ def test_anonymous_is_sent_to_login_for_a_report(client, done_analysis):
 
 def test_report_is_404_until_the_worker_has_written_it_and_asks_for_it(client, staff, done_analysis):
     client.force_login(staff)
-    with mock.patch.object(tasks.render_report, "delay") as render:
+    with mock.patch.object(tasks.render_report, "apply_async") as render:
         assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404
-    render.assert_called_once_with(done_analysis.pk)
+    render.assert_called_once_with((done_analysis.pk,), retry=False)
 
 
 def test_a_report_whose_file_went_missing_is_produced_again(client, staff, done_analysis):
@@ -155,9 +155,9 @@ def test_a_report_whose_file_went_missing_is_produced_again(client, staff, done_
     done_analysis.refresh_from_db()
     done_analysis.report.storage.delete(done_analysis.report.name)
     client.force_login(staff)
-    with mock.patch.object(tasks.render_report, "delay") as render:
+    with mock.patch.object(tasks.render_report, "apply_async") as render:
         assert client.get(reverse("analysis-report", args=[done_analysis.pk])).status_code == 404
-    render.assert_called_once_with(done_analysis.pk)
+    render.assert_called_once_with((done_analysis.pk,), retry=False)
     assert tasks.render_report.run(done_analysis.pk) == "done"  # what the worker then does
     response = client.get(reverse("analysis-report", args=[done_analysis.pk]))
     assert response.status_code == 200

@@ -26,15 +26,26 @@ TRANSIENT = (OperationalError, InterfaceError, BrokerError, ConnectionError)
 UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
 
 
+def _send(task, analysis_id: int) -> bool:
+    """Send a task without waiting on an unreachable broker; False (and a warning) when it is away."""
+    try:
+        task.apply_async((analysis_id,), retry=False)
+        return True
+    except TRANSIENT as error:
+        log.warning("%s of analysis %s not sent, the broker is unreachable: %s", task.name, analysis_id, error)
+        return False
+
+
 def enqueue(analysis_id: int) -> bool:
     """Send an analysis to the workers. If the broker is down the analysis stays queued in the database
     and the sweeper sends it later: an upload never fails because Redis is away."""
-    try:
-        analyse.apply_async((analysis_id,), retry=False)
-        return True
-    except TRANSIENT as error:
-        log.warning("analysis %s stays queued, the broker is unreachable: %s", analysis_id, error)
-        return False
+    return _send(analyse, analysis_id)
+
+
+def request_report(analysis_id: int) -> bool:
+    """Ask the workers for a done analysis's report (never written, or its file lost). With the broker away
+    the caller answers "not yet" and the next request asks again."""
+    return _send(render_report, analysis_id)
 
 
 def classifier():
@@ -68,19 +79,17 @@ def analyse(self, analysis_id: int) -> str:
             return "failed: unreadable image"
         analysis.finish(prediction.probabilities, prediction.model_version)
     except SoftTimeLimitExceeded:
-        Analysis(pk=analysis_id).fail("The analysis took longer than the time limit and was stopped.")
+        with contextlib.suppress(Analysis.InvalidTransition):
+            Analysis(pk=analysis_id).fail("The analysis took longer than the time limit and was stopped.")
         return "failed: time limit"
     except TRANSIENT as error:
         # Put a claimed analysis back so the retry can claim it; if even that fails the sweeper will.
-        with contextlib.suppress(TRANSIENT):
-            Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.RUNNING).update(
-                status=Analysis.Status.QUEUED
-            )
+        with contextlib.suppress(*TRANSIENT, Analysis.InvalidTransition):
+            Analysis(pk=analysis_id).requeue()
         raise self.retry(exc=error, countdown=min(2 ** (self.request.retries + 1), 60)) from error
     except Exception as error:
-        Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.RUNNING).update(
-            status=Analysis.Status.FAILED, error=f"Internal error: {type(error).__name__}"[:500]
-        )
+        with contextlib.suppress(Analysis.InvalidTransition):
+            Analysis(pk=analysis_id).fail(f"Internal error: {type(error).__name__}")
         raise
     render_report.delay(analysis_id)
     return "done"
@@ -95,7 +104,7 @@ def render_report(self, analysis_id: int) -> str:
         analysis = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.DONE).first()
         if analysis is None:
             return "skipped: not done"
-        if analysis.report and analysis.report.storage.exists(analysis.report.name):
+        if analysis.has_report:
             return "skipped: report exists"
         reports.store_report(analysis)
     except TRANSIENT as error:
