@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
-from analysis.models import Analysis, Case, Clinic, LesionImage, Membership, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
 from analysis.services import start_analysis
 
 User = get_user_model()
@@ -120,3 +120,23 @@ class AnalysisAdmin(admin.ModelAdmin):
         # Everything but the image is written by the worker; the image is fixed once queued.
         fields = [f.name for f in Analysis._meta.fields if f.name not in ("id", "image")]
         return [*fields, "image"] if obj else fields
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Every clinic's trail, to read and search; nobody adds, changes or deletes an event, superusers included."""
+
+    list_display = ["at", "clinic", "username", "action", "object_type", "object_id", "patient_id", "ip_address"]
+    list_filter = ["clinic", "action", "object_type", "at"]
+    list_select_related = ["clinic"]
+    search_fields = ["username", "description", "ip_address", "path"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -10,6 +10,7 @@ import json
 import django_filters
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import FileResponse
 from django.urls import reverse
@@ -17,17 +18,22 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import mixins, renderers, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from analysis import audit
 from analysis.access import clinic_for, for_clinic
 from analysis.classes import CLASS_CODES
 from analysis.models import Analysis, Case, LesionImage, Patient
 from analysis.reports import file_name
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
+from analysis.views import PRIVATE_FILE_HEADERS, lockout_message
 from workers.tasks import request_report
 
 # Room for the multipart boundaries and the small fields around one image at the size limit.
@@ -57,6 +63,46 @@ def check_content_length(request, limit: int) -> None:
         length = 0
     if length > limit:
         raise RequestTooLarge(f"The request body is too large: {length:,} bytes, the limit is {limit:,} bytes.")
+
+
+# Token
+
+
+class ObtainTokenView(ObtainAuthToken):
+    """DRF's token endpoint, throttled like the sign-in form.
+
+    DRF calls authenticate(), so axes counts every failure here and refuses a locked-out username+address
+    before the password is checked; but a refusal would read as a plain 400 "unable to log in". This view
+    says 429 and why instead. DRF signs nobody in, so a token issued is announced as a sign-in: the audit
+    trail records it, axes forgets that user's earlier failures, and last_login is set.
+    """
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("Token", {"token": serializers.CharField()}),
+            400: OpenApiResponse(description="Wrong username or password, or a field missing."),
+            429: OpenApiResponse(
+                inline_serializer("LockedOut", {"detail": serializers.CharField()}),
+                description="Too many failed attempts for this username from this address; see Retry-After.",
+            ),
+        }
+    )
+    def post(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        if not serializer.is_valid():
+            # Set by axes (on DRF's request, which its login-failed handler was given) when this attempt
+            # reached the limit or came during a lockout.
+            if getattr(request, "axes_locked_out", False):
+                return Response(
+                    {"detail": lockout_message()},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(int(settings.AXES_COOLOFF_TIME.total_seconds()))},
+                )
+            raise ValidationError(serializer.errors)
+        user = serializer.validated_data["user"]
+        token, _ = Token.objects.get_or_create(user=user)
+        user_logged_in.send(sender=type(user), request=request, user=user)
+        return Response({"token": token.key})
 
 
 class BoundedBodyMixin:
@@ -119,7 +165,27 @@ class PatientFilter(django_filters.FilterSet):
         fields = ["mrn"]
 
 
+class AuditedMixin:
+    """Records in the audit trail every row read (retrieve), created and updated through the API; lists are
+    not recorded row by row."""
+
+    def retrieve(self, request, *args, **kwargs):
+        instance = self.get_object()
+        audit.record(request, audit.Action.VIEWED, instance)
+        return Response(self.get_serializer(instance).data)
+
+    def perform_create(self, serializer):
+        super().perform_create(serializer)
+        audit.record(self.request, audit.Action.CREATED, serializer.instance)
+
+    def perform_update(self, serializer):
+        super().perform_update(serializer)
+        changed = ", ".join(sorted(serializer.validated_data))
+        audit.record(self.request, audit.Action.UPDATED, serializer.instance, description=f"Changed: {changed}"[:255])
+
+
 class ClinicRecordViewSet(
+    AuditedMixin,
     BoundedBodyMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -144,6 +210,7 @@ class PatientViewSet(ClinicRecordViewSet):
 
     def perform_create(self, serializer):
         serializer.save(clinic=clinic_for(self.request.user))
+        audit.record(self.request, audit.Action.CREATED, serializer.instance)
 
 
 # Cases
@@ -257,7 +324,12 @@ class LesionImageSerializer(serializers.ModelSerializer):
 
 
 class LesionImageViewSet(
-    BoundedBodyMixin, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    AuditedMixin,
+    BoundedBodyMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Lesion images of the caller's clinic. POST (multipart) stores an image and queues its analysis."""
 
@@ -266,7 +338,7 @@ class LesionImageViewSet(
     filterset_fields = ["case"]
 
     def get_queryset(self):
-        return for_clinic(self.request.user, LesionImage).prefetch_related("analyses")
+        return for_clinic(self.request.user, LesionImage).select_related("case").prefetch_related("analyses")
 
     def body_limit(self) -> int:
         # A body far over the image limit is refused before Django spools it to disk.
@@ -359,7 +431,7 @@ class PDFRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
-class AnalysisViewSet(viewsets.ReadOnlyModelViewSet):
+class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
     """Analyses of the caller's clinic, newest first. Poll one until its status is done or failed."""
 
     serializer_class = AnalysisSerializer
@@ -386,6 +458,11 @@ class AnalysisViewSet(viewsets.ReadOnlyModelViewSet):
                 request_report(analysis.pk)
             raise NotFound("This report has not been produced yet.")
         analysis = Analysis.objects.select_related("image__case__patient__clinic").get(pk=analysis.pk)
+        audit.record(request, audit.Action.DOWNLOADED, analysis, object_type=audit.ObjectType.REPORT)
         return FileResponse(
-            analysis.report.open("rb"), as_attachment=True, filename=file_name(analysis), content_type="application/pdf"
+            analysis.report.open("rb"),
+            as_attachment=True,
+            filename=file_name(analysis),
+            content_type="application/pdf",
+            headers=PRIVATE_FILE_HEADERS,
         )

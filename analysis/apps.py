@@ -6,4 +6,4 @@ class AnalysisConfig(AppConfig):
     verbose_name = "Clinics, patients and analyses"
 
     def ready(self) -> None:
-        from analysis import signals  # noqa: F401 -- connects the receivers
+        from analysis import audit, signals  # noqa: F401 -- connects the receivers

@@ -3,11 +3,12 @@
 from datetime import date, datetime, timedelta
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES
-from analysis.models import Analysis, Case, Patient
+from analysis.models import Analysis, AuditEvent, Case, Patient
 from analysis.uploads import UploadRejected, validate_image_file
 
 
@@ -129,6 +130,42 @@ class AnalysisFilterForm(forms.Form):
             qs = qs.filter(malignant=True)
         if term := data["patient"].strip():
             qs = qs.filter(Q(image__case__patient__name__icontains=term) | Q(image__case__patient__mrn__iexact=term))
+        return qs
+
+
+class AuditFilterForm(forms.Form):
+    """The filters of the audit trail page; every field is optional and a bad value is ignored."""
+
+    user = forms.ModelChoiceField(label="Who", required=False, queryset=get_user_model().objects.none())
+    action = forms.ChoiceField(label="Action", required=False, choices=[("", "Any")] + AuditEvent.Action.choices)
+    object_type = forms.ChoiceField(
+        label="Record", required=False, choices=[("", "Any")] + AuditEvent.ObjectType.choices
+    )
+    patient = forms.IntegerField(label="Patient id", required=False, min_value=1, max_value=2**63 - 1)
+    date_from = forms.DateField(label="From", required=False, widget=DateInput())
+    date_to = forms.DateField(label="To", required=False, widget=DateInput())
+
+    def __init__(self, *args, clinic, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only this clinic's people, past members included (their events stay on record).
+        self.fields["user"].queryset = get_user_model().objects.filter(membership__clinic=clinic).order_by("username")
+
+    def filter(self, qs):
+        if not self.is_valid():
+            return qs
+        data = self.cleaned_data
+        if data["user"]:
+            qs = qs.filter(user=data["user"])
+        if data["action"]:
+            qs = qs.filter(action=data["action"])
+        if data["object_type"]:
+            qs = qs.filter(object_type=data["object_type"])
+        if data["patient"]:
+            qs = qs.filter(patient_id=data["patient"])
+        if data["date_from"]:
+            qs = qs.filter(at__gte=_start_of(data["date_from"]))
+        if data["date_to"]:
+            qs = qs.filter(at__lt=_start_of(data["date_to"] + timedelta(days=1)))
         return qs
 
 

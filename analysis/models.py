@@ -399,3 +399,85 @@ def _checked_probabilities(probabilities: dict[str, float]) -> dict[str, float]:
     if not math.isclose(sum(checked.values()), 1.0, abs_tol=1e-3):
         raise ValueError(f"probabilities must sum to 1, got {sum(checked.values()):.4f}")
     return checked
+
+
+class AppendOnlyError(Exception):
+    """An audit event was about to be changed or deleted: the trail only grows."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("audit events cannot be changed")
+
+    def delete(self):
+        raise AppendOnlyError("audit events cannot be deleted")
+
+
+class AuditEvent(models.Model):
+    """Who created, viewed, changed or downloaded which record, when and from where.
+
+    Append-only: the model and its querysets refuse update and delete, the admin shows it read-only, and
+    on PostgreSQL a trigger (migration 0004_audit) refuses UPDATE and DELETE from anyone. Written through
+    analysis.audit.record, one INSERT per event. The user is PROTECTed: people are deactivated, not deleted,
+    and the name is kept as well, for failed sign-ins of names that match nobody.
+    """
+
+    clinic_lookup = "clinic"
+
+    class Action(models.TextChoices):
+        CREATED = "created", "Created"
+        VIEWED = "viewed", "Viewed"
+        UPDATED = "updated", "Updated"
+        DOWNLOADED = "downloaded", "Downloaded"
+        LOGIN = "login", "Signed in"
+        LOGIN_FAILED = "login_failed", "Sign-in failed"
+        LOCKED_OUT = "locked_out", "Locked out"
+
+    class ObjectType(models.TextChoices):
+        PATIENT = "patient", "Patient"
+        CASE = "case", "Case"
+        IMAGE = "image", "Image"
+        ANALYSIS = "analysis", "Analysis"
+        REPORT = "report", "Report"
+        ACCOUNT = "account", "Account"
+
+    # Null for events outside any clinic: platform admins, sign-in failures of unknown names.
+    clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    object_type = models.CharField(max_length=20, choices=ObjectType.choices)
+    object_id = models.PositiveBigIntegerField(null=True, blank=True)
+    # The patient the record belongs to, so "everyone who touched this patient" is one filter. A plain
+    # number, not a key: the trail must never hold up (or follow) a change to clinical rows.
+    patient_id = models.PositiveBigIntegerField(null=True, blank=True)
+    description = models.CharField(max_length=255, blank=True)
+    at = models.DateTimeField(default=timezone.now, editable=False)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=255, blank=True)
+    path = models.CharField(max_length=255, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [
+            # The clinic admin's page reads one clinic newest first, often for one patient.
+            models.Index(fields=["clinic", "-at", "-id"], name="audit_clinic_newest_first"),
+            models.Index(fields=["clinic", "patient_id"], name="audit_clinic_patient"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action} {self.object_type} {self.object_id or ''}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("audit events cannot be changed")
+        # An INSERT, never Django's UPDATE-then-INSERT: a row given an existing id must fail, not overwrite.
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("audit events cannot be deleted")

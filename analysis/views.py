@@ -4,26 +4,33 @@ import mimetypes
 from datetime import timedelta
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Q
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from analysis import audit
 from analysis.access import clinic_for, for_clinic, get_for_clinic
-from analysis.forms import AnalysisFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
-from analysis.models import Analysis, Case, LesionImage, Patient
+from analysis.forms import AnalysisFilterForm, AuditFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
+from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
 from analysis.reports import DISCLAIMER, file_name
 from analysis.services import submit_image
 from workers.tasks import request_report
 
 PAGE_SIZE = 25
+AUDIT_PAGE_SIZE = 50
 REPORT_WAIT = timedelta(minutes=10)
+# Patient images and reports: kept by no cache on the way or on disk (a shared tablet's browser included),
+# and never sniffed into another type (SecurityMiddleware adds nosniff to every response too).
+PRIVATE_FILE_HEADERS = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
 
 
 # What an analysis row of a list shows; the probabilities and errors stay in the database, which keeps
@@ -51,8 +58,26 @@ def _clinic(user):
     return clinic
 
 
-def _page(request, qs):
-    return Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+def _page(request, qs, size=PAGE_SIZE):
+    return Paginator(qs, size).get_page(request.GET.get("page"))
+
+
+def lockout_message() -> str:
+    minutes = max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
+    return (
+        f"Too many failed sign-ins for this username from your address. Try again in {minutes} minutes, "
+        "or ask your clinic admin to check your account."
+    )
+
+
+def locked_out(request, original_response=None, credentials=None) -> HttpResponse:
+    """What django-axes answers a sign-in during a lockout (AXES_LOCKOUT_CALLABLE)."""
+    return render(
+        request,
+        "registration/locked_out.html",
+        {"message": lockout_message()},
+        status=settings.AXES_HTTP_RESPONSE_CODE,
+    )
 
 
 @login_required
@@ -101,6 +126,7 @@ def patient_create(request):
     form = PatientForm(request.POST or None, clinic=_clinic(request.user))
     if request.method == "POST" and form.is_valid():
         patient = form.save()
+        audit.record(request, audit.Action.CREATED, patient)
         messages.success(request, f"{patient.name} was added.")
         return redirect("patient-detail", pk=patient.pk)
     return render(request, "patients/form.html", {"form": form})
@@ -112,6 +138,8 @@ def patient_edit(request, pk: int):
     form = PatientForm(request.POST or None, instance=patient, clinic=patient.clinic)
     if request.method == "POST" and form.is_valid():
         form.save()
+        if form.has_changed():
+            audit.record(request, audit.Action.UPDATED, patient, description=_changed(form))
         messages.success(request, "The patient's details were saved.")
         return redirect("patient-detail", pk=patient.pk)
     return render(request, "patients/form.html", {"form": form, "patient": patient})
@@ -120,6 +148,7 @@ def patient_edit(request, pk: int):
 @login_required
 def patient_detail(request, pk: int):
     patient = get_for_clinic(request.user, Patient, pk=pk)
+    audit.record(request, audit.Action.VIEWED, patient)
     return render(
         request,
         "patients/detail.html",
@@ -134,6 +163,7 @@ def case_create(request, pk: int):
     form = NewCaseForm(request.POST, instance=Case(patient=patient, clinician=request.user))
     if form.is_valid():
         case = form.save()
+        audit.record(request, audit.Action.CREATED, case)
         messages.success(request, "The case was opened.")
         return redirect("case-detail", pk=case.pk)
     return render(
@@ -173,9 +203,12 @@ def case_detail(request, pk: int):
         form = CaseNotesForm(request.POST, instance=case)
         if form.is_valid():
             form.save()
+            if form.has_changed():
+                audit.record(request, audit.Action.UPDATED, case, description=_changed(form))
             messages.success(request, "The case notes were saved.")
             return redirect("case-detail", pk=case.pk)
         return _case_page(request, case, notes_form=form, status=400)
+    audit.record(request, audit.Action.VIEWED, case)
     return _case_page(request, case)
 
 
@@ -183,7 +216,9 @@ def case_detail(request, pk: int):
 @require_POST
 def case_close(request, pk: int):
     case = _get_case(request, pk)
-    case.close()
+    if case.is_open:
+        case.close()
+        audit.record(request, audit.Action.UPDATED, case, description=f"Case {case.pk} closed")
     messages.success(request, "The case was closed.")
     return redirect("case-detail", pk=case.pk)
 
@@ -192,7 +227,9 @@ def case_close(request, pk: int):
 @require_POST
 def case_reopen(request, pk: int):
     case = _get_case(request, pk)
-    case.reopen()
+    if not case.is_open:
+        case.reopen()
+        audit.record(request, audit.Action.UPDATED, case, description=f"Case {case.pk} reopened")
     messages.success(request, "The case was reopened.")
     return redirect("case-detail", pk=case.pk)
 
@@ -210,6 +247,8 @@ def case_upload(request, pk: int):
             submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
             for upload in form.cleaned_data["images"]
         ]
+        for analysis in analyses:
+            audit.record(request, audit.Action.CREATED, analysis.image)
     if len(analyses) == 1:
         return redirect("analysis-detail", pk=analyses[0].pk)
     messages.success(request, f"{len(analyses)} images were added; their analyses are queued.")
@@ -222,13 +261,12 @@ def case_upload(request, pk: int):
 @login_required
 def image_file(request, pk: int):
     """A lesion image, for staff of its clinic only: there is no public media URL."""
-    image = get_for_clinic(request.user, LesionImage, pk=pk)
+    image = get_for_clinic(request.user, LesionImage.objects.select_related("case"), pk=pk)
     if not image.image or not image.image.storage.exists(image.image.name):
         raise Http404("This image file is missing.")
     content_type = mimetypes.guess_type(image.image.name)[0] or "application/octet-stream"
-    response = FileResponse(image.image.open("rb"), content_type=content_type)
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    audit.record(request, audit.Action.VIEWED, image)
+    return FileResponse(image.image.open("rb"), content_type=content_type, headers=PRIVATE_FILE_HEADERS)
 
 
 @login_required
@@ -248,6 +286,7 @@ def analysis_list(request):
 def analysis_detail(request, pk: int):
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
     analysis.mark_opened(request.user)
+    audit.record(request, audit.Action.VIEWED, analysis)
     report_ready = analysis.has_report
     report_pending = analysis.status == Analysis.Status.DONE and not report_ready
     if report_pending and timezone.now() - analysis.finished_at > REPORT_WAIT:
@@ -290,6 +329,36 @@ def analysis_report(request, pk: int):
         if analysis.status == Analysis.Status.DONE:
             request_report(analysis.pk)  # lost or never written: the worker produces it (again)
         raise Http404("This report has not been produced yet.")
+    audit.record(request, audit.Action.DOWNLOADED, analysis, object_type=audit.ObjectType.REPORT)
     return FileResponse(
-        analysis.report.open("rb"), as_attachment=True, filename=file_name(analysis), content_type="application/pdf"
+        analysis.report.open("rb"),
+        as_attachment=True,
+        filename=file_name(analysis),
+        content_type="application/pdf",
+        headers=PRIVATE_FILE_HEADERS,
+    )
+
+
+def _changed(form) -> str:
+    # Which fields, not their values: the trail says who changed what, the record says what it is now.
+    return f"Changed: {', '.join(form.changed_data)}"[:255]
+
+
+# The audit trail, for the clinic's admin
+
+
+@login_required
+def audit_log(request):
+    """Who created, viewed, changed or downloaded what in this clinic, newest first (clinic admins only)."""
+    membership = getattr(request.user, "membership", None) if clinic_for(request.user) else None
+    if membership is None or membership.role != Membership.Role.CLINIC_ADMIN:
+        raise PermissionDenied("Only the clinic's admin reads the audit trail.")
+    filters = AuditFilterForm(request.GET or None, clinic=membership.clinic)
+    events = filters.filter(AuditEvent.objects.filter(clinic=membership.clinic))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "audit/list.html",
+        {"page": _page(request, events, AUDIT_PAGE_SIZE), "filters": filters, "qs": query.urlencode()},
     )

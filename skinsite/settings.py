@@ -6,6 +6,7 @@ naming the variable, rather than failing later in a request or a task.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -74,6 +75,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc served from our static files: the docs work offline
+    "axes",
     "analysis",
 ]
 
@@ -87,6 +89,8 @@ MIDDLEWARE = [
     "analysis.middleware.clinic_time_zone",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so that it turns a sign-in refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "skinsite.urls"
@@ -146,6 +150,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Axes first: it refuses a locked-out username+address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -167,6 +176,17 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # clinic first and stream the file themselves.
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/private-media/"
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+for _static in [STATIC_ROOT, *STATICFILES_DIRS]:
+    if _overlaps(MEDIA_ROOT, _static):
+        # WhiteNoise would serve patient images to anyone who guessed a name.
+        raise ImproperlyConfigured(f"MEDIA_ROOT ({MEDIA_ROOT}) must not overlap a static files folder ({_static})")
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -221,9 +241,35 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 60 * 60)
+# Django's defaults, named here because the access tests rely on them: no script reads the session cookie,
+# no page is framed, no browser guesses a content type, no other site learns our URLs (they hold ids).
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     # Only behind a TLS-terminating proxy that sets this header itself.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many reverse proxies stand in front of the web process, each appending to X-Forwarded-For. 0 (the
+# default) ignores the header, which a client could otherwise forge; the client's address is REMOTE_ADDR.
+# Read by analysis.audit.client_ip for the audit trail and for login throttling.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, got {TRUSTED_PROXY_COUNT}")
+
+# Login throttling (django-axes), for the sign-in form, the admin's and the API token endpoint alike.
+# Failures count per username *and* address together: an attacker guessing one account is stopped, but
+# cannot lock a whole clinic out by failing from its shared address, nor lock one user out from elsewhere.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME <= timedelta(0):
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must be at least 1")
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a successful sign-in forgets that user's earlier typos
+AXES_LOCKOUT_CALLABLE = "analysis.views.locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_CLIENT_IP_CALLABLE = "analysis.audit.client_ip"
+AXES_VERBOSE = False
 
 # Celery (namespace CELERY_, read by workers/celery.py). Our own Analysis table holds the status of the
 # work, so there is no result backend.

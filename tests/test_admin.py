@@ -1,12 +1,14 @@
 import hashlib
 
 import pytest
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from analysis.models import LesionImage, Membership
+from analysis.models import AuditEvent, LesionImage, Membership
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
@@ -29,6 +31,12 @@ def one_of_everything(superuser):
     AnalysisFactory()
     Group.objects.create(name="auditors")
     Token.objects.create(user=superuser)  # API tokens: platform admins can see and revoke them
+    # Sign-in throttling (django-axes): platform admins see lockouts and lift them by deleting the attempt.
+    where = {"username": "staff", "ip_address": "127.0.0.1", "user_agent": "x", "attempt_time": timezone.now()}
+    AccessAttempt.objects.create(**where, failures_since_start=5)
+    AccessLog.objects.create(**where)
+    AccessFailureLog.objects.create(**where, locked_out=True)
+    AuditEvent.objects.create(username="root", action="login", object_type="account")
 
 
 def admin_url(model, view: str, *args) -> str:

@@ -1,0 +1,130 @@
+"""The audit trail: who created, viewed, changed or downloaded which patient record, when and from where.
+
+Views and viewsets call `record` once they have done what they report, with the row they worked on; sign-ins,
+failed sign-ins and lockouts are recorded by the receivers at the bottom. Lists (patients, past analyses,
+the dashboard) are not recorded row by row; the polling status endpoint is not recorded at all.
+"""
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.db import models
+from django.dispatch import receiver
+
+from analysis.access import clinic_for
+from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
+
+Action = AuditEvent.Action
+ObjectType = AuditEvent.ObjectType
+
+_TYPES = {
+    Patient: ObjectType.PATIENT,
+    Case: ObjectType.CASE,
+    LesionImage: ObjectType.IMAGE,
+    Analysis: ObjectType.ANALYSIS,
+}
+
+
+def client_ip(request) -> str | None:
+    """The client's address: REMOTE_ADDR, or, behind TRUSTED_PROXY_COUNT proxies, the address the outermost
+    of them saw. Entries further left in X-Forwarded-For were written by the client and prove nothing."""
+    proxies = settings.TRUSTED_PROXY_COUNT
+    if proxies:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
+        if len(forwarded) >= proxies:
+            return forwarded[-proxies]
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def record(
+    request,
+    action: str,
+    obj: models.Model | None = None,
+    *,
+    object_type: str | None = None,
+    description: str = "",
+) -> AuditEvent:
+    """Store one event by the request's user about `obj` (a Patient, Case, LesionImage or Analysis of their
+    clinic); `object_type=ObjectType.REPORT` with an analysis for its report. One INSERT: the clinic comes
+    from the user (cached by then), the patient from the relations the view has already loaded."""
+    user = request.user if request.user.is_authenticated else None
+    return _store(
+        request,
+        user=user,
+        username=user.get_username() if user else "",
+        clinic=clinic_for(user) if user else None,
+        action=action,
+        object_type=object_type or _TYPES[type(obj)],
+        object_id=obj.pk if obj is not None else None,
+        patient_id=_patient_id(obj),
+        description=description or _describe(obj),
+    )
+
+
+def _store(request, **fields) -> AuditEvent:
+    meta = request.META if request is not None else {}
+    return AuditEvent.objects.create(
+        ip_address=client_ip(request) if request is not None else None,
+        user_agent=meta.get("HTTP_USER_AGENT", "")[:255],
+        path=getattr(request, "path", "")[:255],
+        **fields,
+    )
+
+
+def _patient_id(obj: models.Model | None) -> int | None:
+    if isinstance(obj, Patient):
+        return obj.pk
+    if isinstance(obj, Case):
+        return obj.patient_id
+    if isinstance(obj, LesionImage):
+        return obj.case.patient_id
+    if isinstance(obj, Analysis):
+        return obj.image.case.patient_id
+    return None
+
+
+def _describe(obj: models.Model | None) -> str:
+    # Ids and the patient's name as it was then; nothing that needs another query.
+    if isinstance(obj, Patient):
+        return str(obj)[:255]
+    if isinstance(obj, Case):
+        return f"Case {obj.pk} ({obj.get_body_site_display()}) of patient {obj.patient_id}"
+    if isinstance(obj, LesionImage):
+        return f"Image {obj.pk} of case {obj.case_id}"
+    if isinstance(obj, Analysis):
+        return f"Analysis {obj.pk} of image {obj.image_id}"
+    return ""
+
+
+# Sign-ins, through the sign-in form, the admin's and the API token endpoint alike.
+
+
+@receiver(user_logged_in, dispatch_uid="audit_login")
+def _logged_in(sender, request, user, **kwargs) -> None:
+    _store(
+        request,
+        user=user,
+        username=user.get_username(),
+        clinic=clinic_for(user),
+        action=Action.LOGIN,
+        object_type=ObjectType.ACCOUNT,
+        object_id=user.pk,
+    )
+
+
+@receiver(user_login_failed, dispatch_uid="audit_login_failed")
+def _login_failed(sender, credentials, request=None, **kwargs) -> None:
+    username = str(credentials.get(get_user_model().USERNAME_FIELD, ""))[:150]
+    # The clinic of the account someone tried, so its admin sees attempts on their staff.
+    user = get_user_model().objects.filter(username=username).select_related("membership__clinic").first()
+    locked = bool(getattr(request, "axes_locked_out", False))
+    _store(
+        request,
+        user=user,
+        username=username,
+        clinic=clinic_for(user) if user else None,
+        action=Action.LOCKED_OUT if locked else Action.LOGIN_FAILED,
+        object_type=ObjectType.ACCOUNT,
+        object_id=user.pk if user else None,
+        description="Too many failed sign-ins: locked out for a while" if locked else "",
+    )
