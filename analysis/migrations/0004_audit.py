@@ -26,12 +26,12 @@ DROP FUNCTION IF EXISTS analysis_auditevent_append_only();
 
 def add_guard(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(APPEND_ONLY)
+        schema_editor.execute(APPEND_ONLY, params=None)
 
 
 def drop_guard(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_APPEND_ONLY)
+        schema_editor.execute(DROP_APPEND_ONLY, params=None)
 
 
 class Migration(migrations.Migration):
