@@ -450,7 +450,7 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
         }
     )
     @action(detail=True, renderer_classes=[renderers.JSONRenderer, PDFRenderer])
-    def report(self, request, pk=None):
+    def report(self, request, pk=None, format=None):  # format: the router's suffix route (report.pdf)
         """The PDF report; 404 until the worker has written it (a done analysis without one asks for it)."""
         analysis = self.get_object()
         if not analysis.has_report:
