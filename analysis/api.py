@@ -23,13 +23,15 @@ from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from analysis import audit
 from analysis.access import clinic_for, for_clinic
 from analysis.classes import CLASS_CODES
-from analysis.models import Analysis, Case, LesionImage, Patient
+from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
+from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import file_name
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
@@ -466,3 +468,50 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
             content_type="application/pdf",
             headers=PRIVATE_FILE_HEADERS,
         )
+
+
+# The audit trail
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    patient = serializers.IntegerField(source="patient_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "at",
+            "user",
+            "username",
+            "action",
+            "object_type",
+            "object_id",
+            "patient",
+            "description",
+            "ip_address",
+            "user_agent",
+            "path",
+        ]
+        read_only_fields = fields
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    user = IdFilter(field_name="user")
+    patient = IdFilter(field_name="patient_id")
+    after = django_filters.DateFilter(field_name="at", lookup_expr="date__gte")
+    before = django_filters.DateFilter(field_name="at", lookup_expr="date__lte")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["user", "action", "object_type", "patient", "after", "before"]
+
+
+class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The clinic's audit trail, newest first, for its clinic admin only (as the /audit/ page)."""
+
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    permission_classes = [IsAuthenticated, IsClinicMember, IsClinicAdmin]
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, AuditEvent)

@@ -13,6 +13,7 @@ router.register("patients", api.PatientViewSet, basename="patient")
 router.register("cases", api.CaseViewSet, basename="case")
 router.register("images", api.LesionImageViewSet, basename="image")
 router.register("analyses", api.AnalysisViewSet, basename="analysis")
+router.register("audit", api.AuditEventViewSet, basename="audit-event")
 
 urlpatterns = [
     path("auth/token/", api.ObtainTokenView.as_view(), name="token"),

@@ -3,6 +3,7 @@
 from rest_framework.permissions import BasePermission
 
 from analysis.access import clinic_for
+from analysis.models import Membership
 
 
 class IsClinicMember(BasePermission):
@@ -12,3 +13,12 @@ class IsClinicMember(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return clinic_for(request.user) is not None
+
+
+class IsClinicAdmin(BasePermission):
+    """The clinic's admin only (the audit trail)."""
+
+    message = "Only your clinic's admin may read this."
+
+    def has_permission(self, request, view) -> bool:
+        return clinic_for(request.user) is not None and request.user.membership.role == Membership.Role.CLINIC_ADMIN

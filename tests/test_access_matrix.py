@@ -112,6 +112,7 @@ MATRIX = {
     "api:analysis-list": (none, API_LIST),
     "api:analysis-detail": (a("analysis"), API_ROW),
     "api:analysis-report": (a("analysis"), API_ROW),
+    "api:audit-event-list": (none, rule(401, 403, 403, 200, 403)),
     "login": (none, PUBLIC),
     "logout": (none, everyone(405)),  # POST only
     "password_change": (none, SIGNED_IN),
@@ -264,7 +265,7 @@ def test_every_url_answers_each_role_as_the_matrix_says(world, role):
     rows = {name: (reverse(name, args=arguments(world)), expected) for name, (arguments, expected) in MATRIX.items()}
     rows |= admin_rows(world)
     # The API's format suffixes (/api/patients/1.json) reach the same views: they must answer alike.
-    for name in [name for name in MATRIX if re.fullmatch(r"api:\w+-(list|detail|report)", name)]:
+    for name in [name for name in MATRIX if re.fullmatch(r"api:[\w-]+-(list|detail|report)", name)]:
         url, expected = rows[name]
         rows[f"{name} (.json)"] = (url.rstrip("/") + ".json", expected)
 

@@ -330,3 +330,37 @@ def test_the_trail_is_paged_50_at_a_time(client, clinic_admin, staff):
     second = client.get(reverse("audit-log"), {"page": 2}).context["page"]
 
     assert (len(first.object_list), len(second.object_list)) == (50, 11)  # 60 views and the admin's sign-in
+
+
+# The clinic admin's API
+
+
+def test_the_clinic_admin_reads_the_trail_through_the_api_filtered(clinic_admin, staff, patient, outsider):
+    api_for(staff).get(f"/api/patients/{patient.pk}/")
+    own = api_for(outsider).post(
+        "/api/patients/", {"mrn": "O-1", "name": "Other Person", "date_of_birth": "1970-01-01", "sex": "male"}
+    )
+    assert own.status_code == 201
+    admin = api_for(clinic_admin)
+
+    everything = admin.get("/api/audit/").json()
+    views = admin.get("/api/audit/", {"action": "viewed", "patient": patient.pk, "user": staff.pk}).json()
+
+    assert {row["username"] for row in everything["results"]} == {"staff"}
+    assert "Other Person" not in str(everything)
+    [view] = views["results"]
+    assert (view["object_type"], view["object_id"], view["patient"]) == ("patient", patient.pk, patient.pk)
+    assert view["path"] == f"/api/patients/{patient.pk}/"
+
+
+@pytest.mark.parametrize("who", ["staff", "colleague"])
+def test_other_staff_are_refused_the_trail_through_the_api(request, who, clinic_admin):
+    response = api_for(request.getfixturevalue(who)).get("/api/audit/")
+    assert response.status_code == 403
+    assert "clinic's admin" in response.json()["detail"]
+
+
+def test_the_trail_cannot_be_written_through_the_api(clinic_admin):
+    admin = api_for(clinic_admin)
+    assert admin.post("/api/audit/", {"username": "forger", "action": "viewed"}, format="json").status_code == 405
+    assert not AuditEvent.objects.filter(username="forger").exists()
