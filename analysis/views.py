@@ -64,10 +64,7 @@ def _page(request, qs, size=PAGE_SIZE):
 
 def lockout_message() -> str:
     minutes = max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
-    return (
-        f"Too many failed sign-ins for this username from your address. Try again in {minutes} minutes, "
-        "or ask your clinic admin to check your account."
-    )
+    return f"Too many failed sign-ins for this username from your address. Try again in {minutes} minutes."
 
 
 def locked_out(request, original_response=None, credentials=None) -> HttpResponse:

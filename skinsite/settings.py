@@ -270,6 +270,8 @@ AXES_LOCKOUT_CALLABLE = "analysis.views.locked_out"
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_CLIENT_IP_CALLABLE = "analysis.audit.client_ip"
 AXES_VERBOSE = False
+# Sign-ins are in our audit trail; axes's own log of them would also open a session for every API token request.
+AXES_DISABLE_ACCESS_LOG = True
 
 # Celery (namespace CELERY_, read by workers/celery.py). Our own Analysis table holds the status of the
 # work, so there is no result backend.

@@ -273,7 +273,9 @@ def test_the_clinic_admin_reads_the_clinics_trail_newest_first(client, clinic_ad
 @pytest.mark.parametrize("who", ["staff", "outsider"])
 def test_other_staff_are_refused_the_trail(client, request, who, clinic_admin):
     client.force_login(request.getfixturevalue(who))
-    assert client.get(reverse("audit-log")).status_code == 403
+    response = client.get(reverse("audit-log"))
+    assert response.status_code == 403
+    assert "Only the clinic&#x27;s admin reads the audit trail." in response.content.decode()
 
 
 def test_a_platform_admin_reads_the_trail_in_the_admin_not_on_the_clinic_page(client):

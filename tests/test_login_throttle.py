@@ -188,3 +188,10 @@ def test_failed_sign_ins_and_the_lockout_are_in_the_accounts_clinic_trail(client
         ("locked_out", "staff", clinic, "10.0.0.1"),
         ("login_failed", "nobody-by-this-name", None, "10.0.0.1"),
     ]
+
+
+def test_a_token_request_leaves_no_session_behind(api, staff):
+    response = ask_token(api, "staff", PASSWORD)
+
+    assert response.status_code == 200
+    assert "sessionid" not in response.cookies
