@@ -439,6 +439,7 @@ class AuditEvent(models.Model):
         IMAGE = "image", "Image"
         ANALYSIS = "analysis", "Analysis"
         REPORT = "report", "Report"
+        HEATMAP = "heatmap", "Heatmap"  # an analysis's Grad-CAM image, once it is served
         ACCOUNT = "account", "Account"
 
     # Null for events outside any clinic: platform admins, sign-in failures of unknown names.

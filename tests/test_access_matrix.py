@@ -430,3 +430,22 @@ def test_the_same_writes_by_clinic_a_do_change_it(world):
 
     assert fingerprint(world) != before
     assert Patient.objects.get(pk=world.a.patient.pk).name == "Changed Name"
+
+
+# Forged requests: another site cannot make a signed-in browser write
+
+
+def test_a_write_without_the_csrf_token_is_refused_on_the_pages_and_the_session_api(world):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(world.a.staff)
+    before = fingerprint(world)
+
+    for method, url, data in page_writes(world):
+        assert getattr(browser, method)(url, with_upload(data)).status_code == 403, url
+    response = browser.patch(
+        f"/api/patients/{world.a.patient.pk}/", {"name": "Changed Name"}, content_type="application/json"
+    )
+
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["detail"]
+    assert fingerprint(world) == before

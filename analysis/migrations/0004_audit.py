@@ -48,7 +48,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('username', models.CharField(blank=True, max_length=150)),
                 ('action', models.CharField(choices=[('created', 'Created'), ('viewed', 'Viewed'), ('updated', 'Updated'), ('downloaded', 'Downloaded'), ('login', 'Signed in'), ('login_failed', 'Sign-in failed'), ('locked_out', 'Locked out')], max_length=20)),
-                ('object_type', models.CharField(choices=[('patient', 'Patient'), ('case', 'Case'), ('image', 'Image'), ('analysis', 'Analysis'), ('report', 'Report'), ('account', 'Account')], max_length=20)),
+                ('object_type', models.CharField(choices=[('patient', 'Patient'), ('case', 'Case'), ('image', 'Image'), ('analysis', 'Analysis'), ('report', 'Report'), ('heatmap', 'Heatmap'), ('account', 'Account')], max_length=20)),
                 ('object_id', models.PositiveBigIntegerField(blank=True, null=True)),
                 ('patient_id', models.PositiveBigIntegerField(blank=True, null=True)),
                 ('description', models.CharField(blank=True, max_length=255)),
