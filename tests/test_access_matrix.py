@@ -46,7 +46,7 @@ ROLES = [ANONYMOUS, STAFF, OUTSIDER, CLINIC_ADMIN, SUPERUSER]
 SIGN_IN = "redirect to /accounts/login/"
 ADMIN_SIGN_IN = "redirect to /admin/login/"
 ADMIN_INDEX = "redirect to /admin/"
-ENTERS = "gets in (not sent to sign in, no server error)"
+ENTERS = "gets in (a page of its own: no redirect to sign in or to the index, no server error)"
 
 
 def rule(anonymous, staff, outsider, clinic_admin, superuser) -> dict[str, int | str]:
