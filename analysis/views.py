@@ -8,7 +8,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Case as SqlCase
+from django.db.models import Count, Q, When
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_POST
 from analysis.access import clinic_for, for_clinic, get_for_clinic
 from analysis.forms import AnalysisFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
 from analysis.models import Analysis, Case, LesionImage, Patient
-from analysis.reports import DISCLAIMER, file_name
+from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, triage_summary
 from analysis.services import submit_image
 from workers.tasks import request_report
 
@@ -33,6 +34,8 @@ LIST_FIELDS = [
     "predicted_class",
     "confidence",
     "malignant",
+    "risk_tier",
+    "quality_flags",
     "created_at",
     "image__case__body_site",
     "image__case__patient__name",
@@ -61,7 +64,12 @@ def home(request):
     context = {"clinic": clinic}
     if clinic is not None:
         analyses = _analyses(request.user)
-        unopened = analyses.filter(status=Analysis.Status.DONE, malignant=True, opened_at__isnull=True)
+        unopened = analyses.filter(
+            status=Analysis.Status.DONE,
+            risk_tier__in=[Analysis.RiskTier.URGENT, Analysis.RiskTier.UNCERTAIN],
+            opened_at__isnull=True,
+        )
+        counts = dict(unopened.order_by().values_list("risk_tier").annotate(Count("pk")))
         context |= {
             "recent": analyses[:10],
             "in_progress": {
@@ -73,9 +81,13 @@ def home(request):
                     .values_list("status")
                     .annotate(Count("pk"))
                 ),
-                "unopened_malignant": unopened.count(),
+                "unopened_urgent": counts.get(Analysis.RiskTier.URGENT, 0),
+                "unopened_uncertain": counts.get(Analysis.RiskTier.UNCERTAIN, 0),
             },
-            "unopened": unopened.order_by("finished_at", "pk")[:20],
+            # Urgent first, then uncertain; oldest first within a tier, since they have waited longest.
+            "unopened": unopened.order_by(
+                SqlCase(When(risk_tier=Analysis.RiskTier.URGENT, then=0), default=1), "finished_at", "pk"
+            )[:20],
         }
     return render(request, "home.html", context)
 
@@ -219,16 +231,28 @@ def case_upload(request, pk: int):
 # Images and analyses
 
 
-@login_required
-def image_file(request, pk: int):
-    """A lesion image, for staff of its clinic only: there is no public media URL."""
-    image = get_for_clinic(request.user, LesionImage, pk=pk)
-    if not image.image or not image.image.storage.exists(image.image.name):
-        raise Http404("This image file is missing.")
-    content_type = mimetypes.guess_type(image.image.name)[0] or "application/octet-stream"
-    response = FileResponse(image.image.open("rb"), content_type=content_type)
+def _private_file(field, missing: str) -> FileResponse:
+    """A stored file of a clinical record, for the clinic's staff only: there is no public media URL."""
+    if not field or not field.storage.exists(field.name):
+        raise Http404(missing)
+    content_type = mimetypes.guess_type(field.name)[0] or "application/octet-stream"
+    response = FileResponse(field.open("rb"), content_type=content_type)
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@login_required
+def image_file(request, pk: int):
+    """A lesion image, for staff of its clinic only."""
+    image = get_for_clinic(request.user, LesionImage, pk=pk)
+    return _private_file(image.image, "This image file is missing.")
+
+
+@login_required
+def analysis_heatmap(request, pk: int):
+    """The Grad-CAM heatmap of an analysis over its image, for staff of its clinic only."""
+    analysis = get_for_clinic(request.user, Analysis, pk=pk)
+    return _private_file(analysis.heatmap, "This analysis has no heatmap.")
 
 
 @login_required
@@ -262,6 +286,9 @@ def analysis_detail(request, pk: int):
             "disclaimer": DISCLAIMER,
             "report_ready": report_ready,
             "report_pending": report_pending,
+            "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
+            "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
+            "flagged_warning": FLAGGED_WARNING,
         },
     )
 
