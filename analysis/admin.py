@@ -102,12 +102,13 @@ class LesionImageAdmin(admin.ModelAdmin):
 
 @admin.register(Analysis)
 class AnalysisAdmin(admin.ModelAdmin):
-    list_display = ["pk", "image", "status", "predicted_class", "confidence", "malignant", "created_at"]
+    list_display = ["pk", "image", "status", "predicted_class", "confidence", "malignant", "risk_tier", "created_at"]
     list_filter = [
         "image__case__patient__clinic",
         "status",
         "predicted_class",
         "malignant",
+        "risk_tier",
         "created_at",
         "finished_at",
     ]

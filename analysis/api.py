@@ -361,6 +361,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
     patient = serializers.IntegerField(source="image.case.patient_id", read_only=True)
     probabilities = serializers.SerializerMethodField()
     report = serializers.SerializerMethodField()
+    heatmap = serializers.SerializerMethodField()
+    flagged = serializers.SerializerMethodField()
 
     class Meta:
         model = Analysis
@@ -374,12 +376,17 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "confidence",
             "malignant",
             "probabilities",
+            "malignant_probability",
+            "risk_tier",
+            "flagged",
+            "quality_flags",
             "model_version",
             "created_at",
             "started_at",
             "finished_at",
             "error",
             "report",
+            "heatmap",
         ]
         read_only_fields = fields
 
@@ -395,6 +402,20 @@ class AnalysisSerializer(serializers.ModelSerializer):
         if not analysis.report:
             return None
         return self.context["request"].build_absolute_uri(reverse("api:analysis-report", args=[analysis.pk]))
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_heatmap(self, analysis: Analysis) -> str | None:
+        """The URL of the Grad-CAM heatmap (PNG) once the analysis is done, else null."""
+        if not analysis.heatmap:
+            return None
+        return self.context["request"].build_absolute_uri(reverse("api:analysis-heatmap", args=[analysis.pk]))
+
+    def get_flagged(self, analysis: Analysis) -> bool | None:
+        """True when the quality gate doubted that the image is a dermoscopic lesion image: do not rely on the
+        result. Null until the analysis is done."""
+        if analysis.status != Analysis.Status.DONE:
+            return None
+        return analysis.flagged
 
 
 class AnalysisFilter(django_filters.FilterSet):
@@ -414,6 +435,7 @@ class AnalysisFilter(django_filters.FilterSet):
             "status",
             "predicted_class",
             "malignant",
+            "risk_tier",
             "created_after",
             "created_before",
         ]
@@ -431,6 +453,11 @@ class PDFRenderer(renderers.BaseRenderer):
         if response is not None:
             response["Content-Type"] = "application/json"
         return json.dumps(data).encode()
+
+
+class PNGRenderer(PDFRenderer):
+    media_type = "image/png"
+    format = "png"
 
 
 class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
@@ -468,6 +495,24 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
             content_type="application/pdf",
             headers=PRIVATE_FILE_HEADERS,
         )
+
+    @extend_schema(
+        responses={
+            (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="The Grad-CAM heatmap."),
+            404: OpenApiResponse(
+                inline_serializer("HeatmapNotFound", {"detail": serializers.CharField()}),
+                description="No such analysis in your clinic, or it has no heatmap (not done yet).",
+            ),
+        }
+    )
+    @action(detail=True, renderer_classes=[renderers.JSONRenderer, PNGRenderer])
+    def heatmap(self, request, pk=None, format=None):  # format: the router's suffix route (heatmap.png)
+        """The Grad-CAM heatmap of the predicted class over the image (PNG); 404 until the analysis is done."""
+        analysis = self.get_object()
+        if not analysis.has_heatmap:
+            raise NotFound("This analysis has no heatmap.")
+        audit.record(request, audit.Action.VIEWED, analysis, object_type=audit.ObjectType.HEATMAP)
+        return FileResponse(analysis.heatmap.open("rb"), content_type="image/png", headers=PRIVATE_FILE_HEADERS)
 
 
 # The audit trail

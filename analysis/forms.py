@@ -110,7 +110,9 @@ class AnalysisFilterForm(forms.Form):
         choices=[("", "Any")] + [(code, CLASS_NAMES[code]) for code in CLASS_CODES],
     )
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any")] + Analysis.Status.choices)
+    risk_tier = forms.ChoiceField(label="Triage", required=False, choices=[("", "Any")] + Analysis.RiskTier.choices)
     malignant = forms.BooleanField(label="Malignant only", required=False)
+    flagged = forms.BooleanField(label="Flagged images only", required=False)
     patient = forms.CharField(label="Patient (name or MRN)", required=False, max_length=200)
 
     def filter(self, qs):
@@ -126,8 +128,12 @@ class AnalysisFilterForm(forms.Form):
             qs = qs.filter(predicted_class=data["predicted_class"])
         if data["status"]:
             qs = qs.filter(status=data["status"])
+        if data["risk_tier"]:
+            qs = qs.filter(risk_tier=data["risk_tier"])
         if data["malignant"]:
             qs = qs.filter(malignant=True)
+        if data["flagged"]:
+            qs = qs.filter(status=Analysis.Status.DONE).exclude(quality_flags=[])
         if term := data["patient"].strip():
             qs = qs.filter(Q(image__case__patient__name__icontains=term) | Q(image__case__patient__mrn__iexact=term))
         return qs

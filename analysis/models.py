@@ -9,17 +9,20 @@ query a staff member can reach with it.
 import hashlib
 import math
 import uuid
+from collections.abc import Sequence
 from pathlib import PurePath
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.db import models
 from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
+from ml import triage
 
 
 def default_time_zone() -> str:
@@ -178,6 +181,10 @@ def report_path(instance: "Analysis", filename: str) -> str:
     return f"reports/{uuid.uuid4().hex}.pdf"
 
 
+def heatmap_path(instance: "Analysis", filename: str) -> str:
+    return f"heatmaps/{uuid.uuid4().hex}.png"
+
+
 def _safe_suffix(filename: str) -> str:
     suffix = PurePath(filename).suffix.lower()
     return suffix if suffix in {".jpg", ".jpeg", ".png"} else ""
@@ -233,6 +240,12 @@ class Analysis(models.Model):
     class InvalidTransition(Exception):
         pass
 
+    class RiskTier(models.TextChoices):
+        # Ordered as the dashboard lists them: what needs a clinician soonest first.
+        URGENT = "urgent", "Urgent"
+        UNCERTAIN = "uncertain", "Uncertain"
+        ROUTINE = "routine", "Routine"
+
     image = models.ForeignKey(LesionImage, on_delete=models.PROTECT, related_name="analyses")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     predicted_class = models.CharField(
@@ -241,6 +254,14 @@ class Analysis(models.Model):
     confidence = models.FloatField(null=True, blank=True)
     probabilities = models.JSONField(default=dict, blank=True)
     malignant = models.BooleanField(null=True, blank=True)
+    # mel + bcc + akiec, and the triage tier it falls in (thresholds chosen on val, ml/triage.py); a flagged
+    # image is always "uncertain".
+    malignant_probability = models.FloatField(null=True, blank=True)
+    risk_tier = models.CharField(max_length=10, choices=RiskTier.choices, blank=True)
+    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/quality.py); empty = passed.
+    quality_flags = models.JSONField(default=list, blank=True)
+    # Grad-CAM of the predicted class over the image (PNG), written before the row says done.
+    heatmap = models.FileField(upload_to=heatmap_path, null=True, blank=True)
     model_version = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(default=timezone.now)
@@ -262,9 +283,9 @@ class Analysis(models.Model):
         indexes = [
             # The past analyses list and the dashboard read newest first.
             models.Index(fields=["-created_at", "-id"], name="analysis_newest_first"),
-            # The dashboard's "malignant, not opened yet": a small slice of a large table.
+            # The dashboard's "needs attention, not opened yet": a small slice of a large table.
             models.Index(
-                fields=["status", "malignant"], condition=models.Q(opened_at__isnull=True), name="analysis_unopened"
+                fields=["status", "risk_tier"], condition=models.Q(opened_at__isnull=True), name="analysis_unopened"
             ),
         ]
 
@@ -285,33 +306,67 @@ class Analysis(models.Model):
         return changed == 1
 
     @staticmethod
-    def result_fields(probabilities: dict[str, float]) -> dict:
-        """The stored result that follows from 7 probabilities: themselves, the predicted class, its
-        confidence and the malignant flag."""
+    def result_fields(probabilities: dict[str, float], quality_flags: Sequence[str] = ()) -> dict:
+        """The stored result that follows from 7 probabilities and the quality gate's flags: themselves, the
+        predicted class, its confidence, the malignant flag, the malignant probability and the triage tier."""
         probabilities = _checked_probabilities(probabilities)
         predicted = max(probabilities, key=probabilities.__getitem__)
+        quality_flags = [str(flag) for flag in quality_flags]
         return {
             "probabilities": probabilities,
             "predicted_class": predicted,
             "confidence": probabilities[predicted],
             "malignant": predicted in MALIGNANT,
+            "malignant_probability": triage.malignant_probability(probabilities),
+            "risk_tier": triage.load_triage().tier(probabilities, flagged=bool(quality_flags)),
+            "quality_flags": quality_flags,
         }
+
+    @property
+    def flagged(self) -> bool:
+        """The quality gate doubted that the image is a dermoscopic lesion image."""
+        return bool(self.quality_flags)
+
+    @property
+    def has_heatmap(self) -> bool:
+        return bool(self.heatmap) and self.heatmap.storage.exists(self.heatmap.name)
 
     @property
     def has_report(self) -> bool:
         """Whether the report file is written and still on disk."""
         return bool(self.report) and self.report.storage.exists(self.report.name)
 
-    def finish(self, probabilities: dict[str, float], model_version: str) -> None:
-        """running -> done, storing the 7 probabilities and what follows from them."""
-        self._transition(
-            {self.Status.RUNNING},
-            status=self.Status.DONE,
-            **self.result_fields(probabilities),
-            model_version=model_version,
-            finished_at=timezone.now(),
-            error="",
-        )
+    def finish(
+        self,
+        probabilities: dict[str, float],
+        model_version: str,
+        *,
+        quality_flags: Sequence[str] = (),
+        heatmap_png: bytes | None = None,
+    ) -> None:
+        """running -> done, storing the 7 probabilities, what follows from them and the heatmap, in one UPDATE.
+
+        The heatmap file is written first and the row points at it only when the transition succeeds, so a
+        result is never shown half-written; a lost race removes the file again."""
+        fields = self.result_fields(probabilities, quality_flags)
+        heatmap_name = None
+        if heatmap_png is not None:
+            storage = self.heatmap.storage
+            heatmap_name = storage.save(heatmap_path(self, "heatmap.png"), ContentFile(heatmap_png))
+        try:
+            self._transition(
+                {self.Status.RUNNING},
+                status=self.Status.DONE,
+                **fields,
+                heatmap=heatmap_name,
+                model_version=model_version,
+                finished_at=timezone.now(),
+                error="",
+            )
+        except BaseException:
+            if heatmap_name:
+                self.heatmap.storage.delete(heatmap_name)
+            raise
 
     def fail(self, reason: str) -> None:
         """queued or running -> failed, with a short reason for the staff and the logs."""

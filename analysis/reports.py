@@ -21,6 +21,7 @@ from django.utils.text import slugify
 
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
+from ml import triage
 
 DISCLAIMER = (
     "Screening aid only, not a diagnosis. This result comes from a machine-learning model, not from a "
@@ -51,6 +52,37 @@ def model_card_figures(version: str) -> dict | None:
     }
 
 
+TIER_MEANING = {
+    Analysis.RiskTier.URGENT: "The malignant probability is at or above the urgent threshold: review promptly.",
+    Analysis.RiskTier.UNCERTAIN: (
+        "The malignant probability lies between the thresholds, or the image was flagged: a clinician should "
+        "judge this lesion without leaning on the model."
+    ),
+    Analysis.RiskTier.ROUTINE: "The malignant probability is below the routine threshold.",
+}
+
+FLAGGED_WARNING = (
+    "This image may not be a dermoscopic lesion image of the kind the model was made for. Its result must not be "
+    "relied on; take a new dermoscopic photograph if possible."
+)
+
+
+def triage_summary(version: str) -> dict | None:
+    """The triage thresholds and what they measured on the held-out test set, for the model version that made
+    an analysis; None for another version (the thresholds belong to one model)."""
+    summary = triage.load_triage().describe()
+    if summary.get("model_version") != version:
+        return None
+    return summary | {"explanation": _triage_sentence(summary)}
+
+
+def _triage_sentence(summary: dict) -> str:
+    return (
+        f"Urgent from a malignant probability of {summary['urgent_threshold']:.0%}, routine below "
+        f"{summary['routine_threshold']:.0%} (thresholds chosen on the validation set)."
+    )
+
+
 def file_name(analysis: Analysis) -> str:
     patient = analysis.image.case.patient
     day = timezone.localtime(analysis.finished_at or analysis.created_at, ZoneInfo(patient.clinic.time_zone))
@@ -70,8 +102,7 @@ def css_string(text: str) -> str:
     return f'"{escaped}"'
 
 
-def _image_data_uri(analysis: Analysis) -> str:
-    field = analysis.image.image
+def _data_uri(field) -> str:
     with field.open("rb") as handle:
         data = handle.read()
     mime = mimetypes.guess_type(field.name)[0] or "image/jpeg"
@@ -106,8 +137,13 @@ def render_pdf(analysis: Analysis) -> bytes:
             "time_zone": patient.clinic.time_zone,
             "predicted_name": CLASS_NAMES[analysis.predicted_class],
             "confidence_percent": round(100 * analysis.confidence, 1),
+            "malignant_percent": round(100 * (analysis.malignant_probability or 0), 1),
             "rows": rows,
-            "image_uri": _image_data_uri(analysis),
+            "image_uri": _data_uri(image.image),
+            "heatmap_uri": _data_uri(analysis.heatmap) if analysis.has_heatmap else None,
+            "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
+            "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
+            "flagged_warning": FLAGGED_WARNING,
             "card": model_card_figures(analysis.model_version),
             "disclaimer": DISCLAIMER,
             "footer_css": mark_safe(css_string(f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}")),

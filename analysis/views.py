@@ -10,7 +10,8 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Case as SqlCase
+from django.db.models import Count, Q, When
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -21,7 +22,7 @@ from analysis import audit
 from analysis.access import clinic_for, for_clinic, get_for_clinic
 from analysis.forms import AnalysisFilterForm, AuditFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
-from analysis.reports import DISCLAIMER, file_name
+from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, triage_summary
 from analysis.services import submit_image
 from workers.tasks import request_report
 
@@ -40,6 +41,8 @@ LIST_FIELDS = [
     "predicted_class",
     "confidence",
     "malignant",
+    "risk_tier",
+    "quality_flags",
     "created_at",
     "image__case__body_site",
     "image__case__patient__name",
@@ -83,7 +86,12 @@ def home(request):
     context = {"clinic": clinic}
     if clinic is not None:
         analyses = _analyses(request.user)
-        unopened = analyses.filter(status=Analysis.Status.DONE, malignant=True, opened_at__isnull=True)
+        unopened = analyses.filter(
+            status=Analysis.Status.DONE,
+            risk_tier__in=[Analysis.RiskTier.URGENT, Analysis.RiskTier.UNCERTAIN],
+            opened_at__isnull=True,
+        )
+        counts = dict(unopened.order_by().values_list("risk_tier").annotate(Count("pk")))
         context |= {
             "recent": analyses[:10],
             "in_progress": {
@@ -95,9 +103,13 @@ def home(request):
                     .values_list("status")
                     .annotate(Count("pk"))
                 ),
-                "unopened_malignant": unopened.count(),
+                "unopened_urgent": counts.get(Analysis.RiskTier.URGENT, 0),
+                "unopened_uncertain": counts.get(Analysis.RiskTier.UNCERTAIN, 0),
             },
-            "unopened": unopened.order_by("finished_at", "pk")[:20],
+            # Urgent first, then uncertain; oldest first within a tier, since they have waited longest.
+            "unopened": unopened.order_by(
+                SqlCase(When(risk_tier=Analysis.RiskTier.URGENT, then=0), default=1), "finished_at", "pk"
+            )[:20],
         }
     return render(request, "home.html", context)
 
@@ -255,15 +267,30 @@ def case_upload(request, pk: int):
 # Images and analyses
 
 
+def _private_file(field, missing: str) -> FileResponse:
+    """A stored file of a clinical record, for the clinic's staff only: there is no public media URL."""
+    if not field or not field.storage.exists(field.name):
+        raise Http404(missing)
+    content_type = mimetypes.guess_type(field.name)[0] or "application/octet-stream"
+    return FileResponse(field.open("rb"), content_type=content_type, headers=PRIVATE_FILE_HEADERS)
+
+
 @login_required
 def image_file(request, pk: int):
-    """A lesion image, for staff of its clinic only: there is no public media URL."""
+    """A lesion image, for staff of its clinic only."""
     image = get_for_clinic(request.user, LesionImage.objects.select_related("case"), pk=pk)
-    if not image.image or not image.image.storage.exists(image.image.name):
-        raise Http404("This image file is missing.")
-    content_type = mimetypes.guess_type(image.image.name)[0] or "application/octet-stream"
+    response = _private_file(image.image, "This image file is missing.")
     audit.record(request, audit.Action.VIEWED, image)
-    return FileResponse(image.image.open("rb"), content_type=content_type, headers=PRIVATE_FILE_HEADERS)
+    return response
+
+
+@login_required
+def analysis_heatmap(request, pk: int):
+    """The Grad-CAM heatmap of an analysis over its image, for staff of its clinic only."""
+    analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case"), pk=pk)
+    response = _private_file(analysis.heatmap, "This analysis has no heatmap.")
+    audit.record(request, audit.Action.VIEWED, analysis, object_type=audit.ObjectType.HEATMAP)
+    return response
 
 
 @login_required
@@ -298,6 +325,9 @@ def analysis_detail(request, pk: int):
             "disclaimer": DISCLAIMER,
             "report_ready": report_ready,
             "report_pending": report_pending,
+            "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
+            "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
+            "flagged_warning": FLAGGED_WARNING,
         },
     )
 

@@ -303,6 +303,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 2,
 }
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Each pool process loads the LiteRT classifier and the Keras model for Grad-CAM at start-up (importing
+# TensorFlow takes several seconds on a small machine): give it longer than Celery's default 4 s.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_int("WORKER_PROC_ALIVE_TIMEOUT", 120)
 # Recovery (workers/sweeper.py): how often each worker looks for lost work, and how long an analysis may
 # wait in the queue before it is sent again (the broker was down, or lost the message).
 SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 30)

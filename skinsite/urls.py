@@ -19,6 +19,7 @@ urlpatterns = [
     path("analyses/<int:pk>/", views.analysis_detail, name="analysis-detail"),
     path("analyses/<int:pk>/status.json", views.analysis_status, name="analysis-status"),
     path("analyses/<int:pk>/report.pdf", views.analysis_report, name="analysis-report"),
+    path("analyses/<int:pk>/heatmap.png", views.analysis_heatmap, name="analysis-heatmap"),
     path("audit/", views.audit_log, name="audit-log"),
     path("api/", include("analysis.api_urls")),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -7,6 +7,7 @@ and what each role gets (the helpers below cover the usual rules). Admin URLs fo
 superuser gets in.
 """
 
+import io
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
+from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -97,6 +99,7 @@ MATRIX = {
     "analysis-detail": (a("analysis"), CLINIC_ROW),
     "analysis-status": (a("analysis"), CLINIC_ROW),
     "analysis-report": (a("analysis"), CLINIC_ROW),
+    "analysis-heatmap": (a("analysis"), CLINIC_ROW),
     "audit-log": (none, CLINIC_ADMIN_ONLY),
     "api:api-root": (none, API_LIST),
     "api:token": (none, everyone(405)),  # POST only; tests/test_login_throttle.py
@@ -112,6 +115,7 @@ MATRIX = {
     "api:analysis-list": (none, API_LIST),
     "api:analysis-detail": (a("analysis"), API_ROW),
     "api:analysis-report": (a("analysis"), API_ROW),
+    "api:analysis-heatmap": (a("analysis"), API_ROW),
     "api:audit-event-list": (none, rule(401, 403, 403, 200, 403)),
     "login": (none, PUBLIC),
     "logout": (none, everyone(405)),  # POST only
@@ -131,6 +135,12 @@ MATRIX = {
 # its report; and a platform admin.
 
 
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), "orange").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def clinic_world(name: str) -> SimpleNamespace:
     clinic = ClinicFactory(name=f"Clinic {name}")
     staff = MembershipFactory(user__username=f"staff_{name}", clinic=clinic).user
@@ -144,7 +154,7 @@ def clinic_world(name: str) -> SimpleNamespace:
     analysis = AnalysisFactory(image=image)
     Analysis.claim(analysis.pk)
     analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "test-model-1")
+    analysis.finish(PROBABILITIES, "test-model-1", heatmap_png=png_bytes())
     analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 a report"))
     return SimpleNamespace(
         clinic=clinic, staff=staff, admin=admin, patient=patient, case=case, image=image, analysis=analysis
@@ -265,7 +275,7 @@ def test_every_url_answers_each_role_as_the_matrix_says(world, role):
     rows = {name: (reverse(name, args=arguments(world)), expected) for name, (arguments, expected) in MATRIX.items()}
     rows |= admin_rows(world)
     # The API's format suffixes (/api/patients/1.json) reach the same views: they must answer alike.
-    for name in [name for name in MATRIX if re.fullmatch(r"api:[\w-]+-(list|detail|report)", name)]:
+    for name in [name for name in MATRIX if re.fullmatch(r"api:[\w-]+-(list|detail|report|heatmap)", name)]:
         url, expected = rows[name]
         rows[f"{name} (.json)"] = (url.rstrip("/") + ".json", expected)
 

@@ -148,6 +148,15 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
     assert page.locator("#predicted").inner_text() == analysis.get_predicted_class_display()
     assert page.locator("table.bars tbody tr").count() == 7
     assert analysis.model_version in page.content()
+    # The Grad-CAM heatmap beside the image, at the image's size, and the triage tier
+    heatmap = page.locator("#heatmap img")
+    heatmap.wait_for()
+    page.wait_for_function("() => document.querySelector('#heatmap img').complete")
+    assert heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [
+        analysis.image.width,
+        analysis.image.height,
+    ]
+    assert page.locator("#triage .badge").inner_text() == analysis.get_risk_tier_display()
 
     # The PDF report, once the worker has written it
     page.get_by_role("link", name="Download PDF report").wait_for(timeout=60_000)

@@ -341,18 +341,23 @@ def test_the_status_endpoint_follows_the_analysis(client, staff, analysis):
     assert (data["status"], data["finished"]) == ("done", True)
 
 
-def test_dashboard_counts_work_in_progress_and_lists_unopened_malignant_results(client, staff, case, done_analysis):
+def test_dashboard_counts_work_in_progress_and_lists_unopened_urgent_results(client, staff, case, done_analysis):
     AnalysisFactory(image=LesionImageFactory(case=case))
     running = AnalysisFactory(image=LesionImageFactory(case=case))
     Analysis.claim(running.pk)
     client.force_login(staff)
     response = client.get("/")
-    assert response.context["in_progress"] == {"queued": 1, "running": 1, "unopened_malignant": 1}
+    assert response.context["in_progress"] == {
+        "queued": 1,
+        "running": 1,
+        "unopened_urgent": 1,
+        "unopened_uncertain": 0,
+    }
     assert list(response.context["unopened"]) == [done_analysis]
 
     client.get(reverse("analysis-detail", args=[done_analysis.pk]))
     response = client.get("/")
-    assert response.context["in_progress"]["unopened_malignant"] == 0
+    assert response.context["in_progress"]["unopened_urgent"] == 0
     assert list(response.context["unopened"]) == []
 
 

@@ -91,6 +91,10 @@ def test_twenty_submitted_images_all_end_done_with_seven_probabilities_and_a_rep
         assert a.queued_at <= a.started_at <= a.finished_at
         assert a.attempts == 1
         assert a.report.read(5) == b"%PDF-"
+        assert a.risk_tier in {"urgent", "uncertain", "routine"}
+        assert isinstance(a.quality_flags, list)
+        with Image.open(a.heatmap) as heatmap:  # the Grad-CAM overlay, at the image's size
+            assert (heatmap.format, heatmap.size) == ("PNG", (200, 150))
 
 
 def test_a_worker_killed_mid_analysis_is_recovered_by_the_next_one_with_exactly_one_result(

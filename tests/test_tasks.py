@@ -6,6 +6,7 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
+from PIL import Image
 
 from analysis.models import Analysis
 from analysis.services import submit_image
@@ -63,10 +64,12 @@ def test_the_task_stores_the_model_result_in_one_step(case, staff):
     analysis = AnalysisFactory(image__case=case)
     fake = mock.Mock(
         probabilities={"akiec": 0.05, "bcc": 0.05, "bkl": 0.1, "df": 0.05, "mel": 0.6, "nv": 0.1, "vasc": 0.05},
+        predicted_class="mel",
         model_version="test-model",
     )
-    with mock.patch.object(tasks, "classifier") as classifier:
+    with mock.patch.object(tasks, "classifier") as classifier, mock.patch.object(tasks, "explainer") as explainer:
         classifier.return_value.predict.return_value = fake
+        explainer.return_value.explain.return_value = mock.Mock(overlay=Image.new("RGB", (8, 6)), quality_flags=[])
         result, report = run_task(analysis.pk)
     assert result == "done"
     report.assert_called_once_with(analysis.pk)

@@ -7,6 +7,7 @@ by the sweeper in workers/sweeper.py.
 """
 
 import contextlib
+import io
 import logging
 import time
 
@@ -16,6 +17,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 from PIL import Image, UnidentifiedImageError
 
+from analysis.classes import CLASS_CODES
 from analysis.models import Analysis
 from workers.celery import app
 
@@ -55,14 +57,32 @@ def classifier():
     return get_classifier()
 
 
+def explainer():
+    """The worker process's Keras model for Grad-CAM and the quality gate, loaded once (ml.explain keeps it)."""
+    from ml.explain import get_explainer
+
+    return get_explainer()
+
+
 @worker_process_init.connect
 def _load_model_in_child(**kwargs) -> None:
     # Loaded in the forked child, never in the parent (models shared across fork can hang), and warmed
     # up once so the first analysis is not the slow one.
     started = time.perf_counter()
     model = classifier()
-    model.predict(Image.new("RGB", (200, 150), "sienna"))
-    log.info("model %s loaded and warmed up in %.2f s", model.version, time.perf_counter() - started)
+    warm_up = Image.new("RGB", (200, 150), "sienna")
+    model.predict(warm_up)
+    explainer().explain(warm_up, class_index=0)
+    log.info("models %s loaded and warmed up in %.2f s", model.version, time.perf_counter() - started)
+
+
+def _explained(analysis: Analysis, predicted_class: str) -> tuple[list[str], bytes]:
+    """The quality gate's flags and the Grad-CAM overlay (PNG bytes) of the predicted class."""
+    with analysis.image.image.open("rb") as handle:
+        explanation = explainer().explain(handle, class_index=CLASS_CODES.index(predicted_class))
+    png = io.BytesIO()
+    explanation.overlay.save(png, format="PNG", optimize=True)
+    return list(explanation.quality_flags), png.getvalue()
 
 
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=5)
@@ -74,10 +94,18 @@ def analyse(self, analysis_id: int) -> str:
         try:
             with analysis.image.image.open("rb") as handle:
                 prediction = classifier().predict(handle)
+            # After the fast prediction: the heatmap of its class and the check that the image is what the
+            # model was made for. Both are stored with the result, in the same step.
+            quality_flags, heatmap_png = _explained(analysis, prediction.predicted_class)
         except UNREADABLE as error:
             analysis.fail(f"The image could not be read as a picture ({type(error).__name__}: {error})"[:500])
             return "failed: unreadable image"
-        analysis.finish(prediction.probabilities, prediction.model_version)
+        analysis.finish(
+            prediction.probabilities,
+            prediction.model_version,
+            quality_flags=quality_flags,
+            heatmap_png=heatmap_png,
+        )
     except SoftTimeLimitExceeded:
         with contextlib.suppress(Analysis.InvalidTransition):
             Analysis(pk=analysis_id).fail("The analysis took longer than the time limit and was stopped.")
