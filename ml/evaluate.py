@@ -294,7 +294,8 @@ def safety_sections(metrics: dict) -> list[str]:
             f"Both thresholds were chosen on val only: urgent as the highest threshold keeping val melanoma sensitivity "
             f">= {triage['targets']['urgent_val_melanoma_sensitivity']:.2f}, routine as the highest keeping "
             f">= {triage['targets']['not_routine_val_malignant_sensitivity']:.2f} of val malignant lesions out of routine "
-            "(`python -m ml.triage fit`). Measured on the test part, without the gate (95% Wilson intervals):",
+            "(`python -m ml.triage fit`). Measured on the test part from the served probabilities alone, before the gate "
+            "moves its flagged images (about 1% of test) to uncertain (95% Wilson intervals):",
             "",
             "| tier rule | positives | sensitivity | specificity |",
             "|---|---|---|---|",
@@ -331,19 +332,21 @@ def safety_sections(metrics: dict) -> list[str]:
             f"({gate['ham_test']['flagged']}/{gate['ham_test']['n']}); by reason: "
             + ", ".join(f"{k} {v}" for k, v in gate["ham_test"]["by_reason"].items())
             + f". Val (where the feature threshold was set): {pct(gate['ham_val']['flagged_rate'])}.",
+            f"- Images that should be flagged, all sets together: **{pct(gate['non_dermoscopic_flagged_rate'])}** "
+            'flagged; per set below ("either": no right answer, reported and not scored).',
             "",
             "| set | should be | images | flagged | main reasons |",
             "|---|---|---|---|---|",
             *[
-                f"| {c['name']} | {'flagged' if c['expect_flagged'] else 'passed'} | {c['n']} | {pct(c['flagged_rate'])} | "
+                f"| {c['name']} | {c['expect']} | {c['n']} | {pct(c['flagged_rate'])} | "
                 + ", ".join(f"{k} {v}" for k, v in list(c["by_reason"].items())[:3])
                 + " |"
                 for c in gate["categories"]
             ],
             "",
-            *gate.get("notes", []),
-            "",
         ]
+        for note in gate.get("notes", []):
+            lines += [note, ""]
     explain = metrics.get("explain")
     if explain:
         lines += [
@@ -352,7 +355,9 @@ def safety_sections(metrics: dict) -> list[str]:
             f"One `Explainer.explain` call (Keras forward and backward pass, Grad-CAM of the predicted class on "
             f"`out_relu`, pooled features for the gate, overlay): p50 {explain['ms_per_image_p50']:.0f} ms, p95 "
             f"{explain['ms_per_image_p95']:.0f} ms per image on this project's {explain['cpu_count']}-core CPU; resident "
-            f"memory {explain['rss_mb_after_load']:.0f} MiB after loading (`python -m ml.explain --bench`).",
+            f"memory {explain['rss_mb_after_load']:.0f} MiB after loading the model and the gate, of which "
+            f"{explain['rss_mb_after_tensorflow_import']:.0f} MiB after importing TensorFlow alone "
+            "(`python -m ml.explain --bench --record`).",
             "",
         ]
     return lines

@@ -147,9 +147,10 @@ class QualityGate:
             out.append(codes)
         return out
 
-    def check(self, image: Image.Image, features: np.ndarray) -> list[list[str]]:
-        """One RGB image and its (1, 1280) pooled features -> [messages]; an empty list passes the gate."""
-        return [[MESSAGES[c] for c in codes] for codes in self.reasons([image_stats(image)], features)]
+    def check(self, image: Image.Image, features: np.ndarray) -> list[str]:
+        """One RGB image (as uploaded, upright) and its pooled features -> messages; an empty list passes the gate."""
+        codes = self.reasons([image_stats(image)], np.reshape(features, (1, -1)))[0]
+        return [MESSAGES[c] for c in codes]
 
     def save(self, path: Path, report: dict | None = None) -> None:
         """Write the gate as a compressed .npz; ``report`` (how it was fitted) is kept beside as a JSON string."""
