@@ -90,3 +90,23 @@ def test_the_highest_threshold_keeps_the_target_sensitivity():
     t = triage.highest_threshold(scores, 0.9)
     assert t == 0.1 and np.mean(scores >= t) >= 0.9
     assert np.mean(scores >= np.nextafter(t, 1)) < 0.9  # any higher threshold misses the target
+
+
+def test_the_committed_card_is_rendered_from_metrics_json():
+    from ml.evaluate import model_card
+
+    meta = json.loads(paths.SHIPPED_MODEL.with_suffix(".json").read_text())
+    metrics = json.loads((paths.MODELS_DIR / "metrics.json").read_text())
+    card = (paths.MODELS_DIR / "MODEL_CARD.md").read_text()
+    assert model_card(meta, metrics) == card
+    assert "## Risk tiers (triage)" in card and f"{100 * metrics['triage']['urgent_threshold']:.1f}%" in card
+
+
+def test_a_new_evaluation_keeps_the_tier_and_gate_sections_of_the_same_model_only(tmp_path):
+    from ml.evaluate import kept_sections
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"model_version": "v1", "test": {}, "triage": {"a": 1}, "quality_gate": {"b": 2}}))
+    assert kept_sections(metrics, "v1") == {"triage": {"a": 1}, "quality_gate": {"b": 2}}
+    assert kept_sections(metrics, "v2") == {}  # another model's thresholds would be wrong for this one
+    assert kept_sections(tmp_path / "absent.json", "v1") == {}
