@@ -65,10 +65,12 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
-    """The heatmap in the colormap, blended over the RGB image (same size)."""
-    colours = _colormap_lut()[np.round(heatmap * 255).astype(np.uint8)]
-    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colours
-    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+    """The heatmap in the colormap, blended over the RGB image (same size).
+
+    PIL's blend works on bytes in C: several times faster than float arithmetic on a 12-megapixel phone photo.
+    """
+    colours = Image.fromarray(_colormap_lut()[(heatmap * 255 + 0.5).astype(np.uint8)])
+    return Image.blend(image.convert("RGB"), colours, alpha)
 
 
 class GradCam:
