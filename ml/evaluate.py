@@ -285,6 +285,8 @@ def safety_sections(metrics: dict) -> list[str]:
             ("urgent or uncertain", "malignant (mel, bcc, akiec)", "malignant_sensitivity", "malignant_specificity"),
         ]
         key = {"urgent": "urgent", "urgent or uncertain": "urgent_or_uncertain"}
+        gate_test = metrics.get("quality_gate", {}).get("ham_test")
+        gated = f" ({pct(gate_test['flagged_rate'])} of test)" if gate_test else ""
         lines += [
             "## Risk tiers (triage)",
             "",
@@ -295,7 +297,7 @@ def safety_sections(metrics: dict) -> list[str]:
             f">= {triage['targets']['urgent_val_melanoma_sensitivity']:.2f}, routine as the highest keeping "
             f">= {triage['targets']['not_routine_val_malignant_sensitivity']:.2f} of val malignant lesions out of routine "
             "(`python -m ml.triage fit`). Measured on the test part from the served probabilities alone, before the gate "
-            "moves its flagged images (about 1% of test) to uncertain (95% Wilson intervals):",
+            f"moves the images it flags{gated} to uncertain (95% Wilson intervals):",
             "",
             "| tier rule | positives | sensitivity | specificity |",
             "|---|---|---|---|",
