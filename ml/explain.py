@@ -151,13 +151,15 @@ class Explainer:
     def __init__(self, model_path: str | Path | None = None, *, gate_path: str | Path | None = None):
         self.model_path = Path(model_path or paths.SHIPPED_MODEL).with_suffix(".keras")
         self.gate = QualityGate.load(Path(gate_path) if gate_path else self.model_path.parent / GATE_FILE_NAME)
-        self.grad_cam, self.version = load_grad_cam(self.model_path)
-        self.input_size = self.grad_cam.input_size
-        if self.gate.model_version != self.version:
+        version = model_metadata(self.model_path)["version"]
+        if self.gate.model_version != version:
+            # Statistics of another model's features would flag at random: refuse before loading anything heavy.
             raise ValueError(
-                f"the quality gate was fitted for {self.gate.model_version}, not {self.version}: "
+                f"the quality gate was fitted for {self.gate.model_version}, not {version}: "
                 "run `python -m ml.quality fit`"
             )
+        self.grad_cam, self.version = load_grad_cam(self.model_path)
+        self.input_size = self.grad_cam.input_size
 
     def explain(self, source: ImageSource, class_index: int) -> Explanation:
         """Grad-CAM of ``class_index`` (an index into ``ml.labels.CLASSES``) and the quality gate's verdict."""

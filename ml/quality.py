@@ -84,7 +84,7 @@ def image_stats(image: Image.Image, size: tuple[int, int] = INPUT_SIZE) -> dict[
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: == would be ambiguous
 class QualityGate:
     """Thresholds and the feature-space model; ``check`` gives the plain-language reasons to distrust an image."""
 

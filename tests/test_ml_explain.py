@@ -154,3 +154,15 @@ def test_the_overlay_is_rgb_of_the_same_size():
 def test_importing_explain_does_not_import_tensorflow():
     code = "import sys, ml.explain; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=paths.REPO).returncode == 0
+
+
+def test_gate_statistics_of_another_model_are_refused(tmp_path):
+    from dataclasses import replace
+
+    from ml.explain import Explainer
+    from ml.quality import GATE_FILE_NAME, QualityGate
+
+    stale = tmp_path / GATE_FILE_NAME
+    replace(QualityGate.load(paths.MODELS_DIR / GATE_FILE_NAME), model_version="an-older-model").save(stale)
+    with pytest.raises(ValueError, match="an-older-model"):
+        Explainer(gate_path=stale)
