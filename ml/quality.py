@@ -223,11 +223,14 @@ def cached_extract(grad_cam, version: str, frame, part: str) -> tuple[list[dict[
     file = folder / f"{part}.npz"
     if file.exists():
         with np.load(file) as stored:
-            table = stored["stats"]
-            return [dict(zip(STAT_NAMES, map(float, row))) for row in table], stored["features"]
+            # A cache from before a statistic was added or renamed is recomputed, never misread.
+            if "stat_names" in stored.files and tuple(stored["stat_names"]) == STAT_NAMES:
+                table = stored["stats"]
+                return [dict(zip(STAT_NAMES, map(float, row))) for row in table], stored["features"]
     rows = frame[frame["split"] == part]
     stats, features = extract(grad_cam, rows["path"].tolist(), desc=part)
-    np.savez(file, stats=np.asarray([[s[k] for k in STAT_NAMES] for s in stats]), features=features)
+    table = np.asarray([[s[k] for k in STAT_NAMES] for s in stats])
+    np.savez(file, stats=table, stat_names=np.asarray(STAT_NAMES), features=features)
     return stats, features
 
 
