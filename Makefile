@@ -35,4 +35,5 @@ fmt: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m ml.bench
+	$(BIN)/python -m ml.explain --bench
 	$(BIN)/python -m workers.bench

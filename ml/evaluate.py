@@ -183,6 +183,7 @@ def model_card(meta: dict, metrics: dict) -> str:
         "",
         "The SVM's scores are margins, not probabilities: its AUC ranks them, its calibration is not reported.",
         "",
+        *safety_sections(metrics),
         "## How it was made",
         "",
         f"- Data: HAM10000 ({meta['images']['train']} train / {meta['images']['val']} val / {meta['images']['test']} test "
@@ -223,10 +224,145 @@ def model_card(meta: dict, metrics: dict) -> str:
         "acquisition settings will do worse. Rare classes (df, vasc, akiec) have few test images, so their figures are "
         "wide-margin estimates.",
         "- Images are 200x150 downscales: fine structure visible at full resolution is lost.",
-        "- Not for use without dermoscopy, on non-lesion images, or as the only basis of a clinical decision.",
+        "- Not for use without dermoscopy, on non-lesion images, or as the only basis of a clinical decision. The quality "
+        "gate catches many such images, not all of them (see its section).",
         "",
     ]
     return "\n".join(lines)
+
+
+# Sections that other commands measure (``ml.quality evaluate``, ``ml.triage fit``, ``ml.explain --bench``) and
+# store in metrics.json; re-running this evaluation keeps them while the model version is the same.
+SAFETY_KEYS = ("triage", "quality_gate", "explain")
+
+
+def kept_sections(metrics_file: Path, version: str) -> dict:
+    if not metrics_file.exists():
+        return {}
+    old = json.loads(metrics_file.read_text())
+    if old.get("model_version") != version:
+        return {}
+    return {k: old[k] for k in SAFETY_KEYS if k in old}
+
+
+def update_metrics(models_dir: Path, key: str, value: dict) -> None:
+    """Store one section in metrics.json and render the model card again (no predictions are re-run)."""
+    if key not in SAFETY_KEYS:
+        raise ValueError(f"{key}: not a section this function may write")
+    meta = model_metadata(models_dir / "skinsite.tflite")
+    metrics_file = models_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    if (
+        metrics.get("model_version") != meta["version"]
+        or value.get("model_version", meta["version"]) != meta["version"]
+    ):
+        raise ValueError(f"{metrics_file} or the new {key} section is not for {meta['version']}: run ml.evaluate first")
+    metrics[key] = value
+    metrics_file.write_text(json.dumps(metrics, indent=2))
+    (models_dir / "MODEL_CARD.md").write_text(model_card(meta, metrics))
+
+
+def pct(value: float) -> str:
+    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def _rate(r: dict) -> str:
+    """A measured proportion with its count and 95% interval: 0.905 (199/220, 0.86-0.94)."""
+    low, high = r["ci95"]
+    return f"{fmt(r['value'])} ({r['hits']}/{r['n']}, {low:.2f}-{high:.2f})"
+
+
+def safety_sections(metrics: dict) -> list[str]:
+    """The triage, quality gate and explanation sections of the card, from their metrics.json keys (if present)."""
+    lines: list[str] = []
+    triage = metrics.get("triage")
+    if triage:
+        test = triage["test"]
+        rows = [
+            ("urgent", "melanoma", "melanoma_sensitivity", "melanoma_specificity"),
+            ("urgent", "malignant (mel, bcc, akiec)", "malignant_sensitivity", "malignant_specificity"),
+            ("urgent or uncertain", "melanoma", "melanoma_sensitivity", "melanoma_specificity"),
+            ("urgent or uncertain", "malignant (mel, bcc, akiec)", "malignant_sensitivity", "malignant_specificity"),
+        ]
+        key = {"urgent": "urgent", "urgent or uncertain": "urgent_or_uncertain"}
+        gate_test = metrics.get("quality_gate", {}).get("ham_test")
+        gated = f" ({pct(gate_test['flagged_rate'])} of test)" if gate_test else ""
+        lines += [
+            "## Risk tiers (triage)",
+            "",
+            f"Malignant probability = P(mel) + P(bcc) + P(akiec) of the served, temperature-scaled probabilities. "
+            f"**urgent** when it is at least {pct(triage['urgent_threshold'])}, **routine** when below "
+            f"{pct(triage['routine_threshold'])}, **uncertain** in between and whenever the quality gate flags the image. "
+            f"Both thresholds were chosen on val only: urgent as the highest threshold keeping val melanoma sensitivity "
+            f">= {triage['targets']['urgent_val_melanoma_sensitivity']:.2f}, routine as the highest keeping "
+            f">= {triage['targets']['not_routine_val_malignant_sensitivity']:.2f} of val malignant lesions out of routine "
+            "(`python -m ml.triage fit`). Measured on the test part from the served probabilities alone, before the gate "
+            f"moves the images it flags{gated} to uncertain (95% Wilson intervals):",
+            "",
+            "| tier rule | positives | sensitivity | specificity |",
+            "|---|---|---|---|",
+            *[
+                f"| {rule} | {who} | {_rate(test[key[rule]][sens])} | {_rate(test[key[rule]][spec])} |"
+                for rule, who, sens, spec in rows
+            ],
+            "",
+            f"Test tier counts: {', '.join(f'{t} {n}' for t, n in test['tier_counts'].items())} of {test['n']} images "
+            f"(val: {', '.join(f'{t} {n}' for t, n in triage['val']['tier_counts'].items())}). Per true class "
+            "(urgent / uncertain / routine): "
+            + "; ".join(f"{c} {v['urgent']}/{v['uncertain']}/{v['routine']}" for c, v in test["tiers_by_class"].items())
+            + ".",
+            "",
+        ]
+        target = triage["targets"]["urgent_val_melanoma_sensitivity"]
+        reached = test["urgent"]["melanoma_sensitivity"]["value"]
+        if reached < target:
+            lines += [
+                f"On test, urgent catches {fmt(reached)} of melanomas, short of the {target:.2f} it was set for on val "
+                f"({fmt(triage['val']['urgent']['melanoma_sensitivity']['value'])} there): the model ranks test "
+                f"melanomas less well than val ones (melanoma AUC {fmt(metrics['test_auc_per_class']['mel'])} on test). "
+                "The thresholds were not moved to fit test; a clinician's own judgement stays the safety net.",
+                "",
+            ]
+    gate = metrics.get("quality_gate")
+    if gate:
+        lines += [
+            "## Quality gate (is this a dermoscopic lesion image?)",
+            "",
+            gate["description"],
+            "",
+            f"- HAM10000 test images wrongly flagged: **{pct(gate['ham_test']['flagged_rate'])}** "
+            f"({gate['ham_test']['flagged']}/{gate['ham_test']['n']}); by reason: "
+            + ", ".join(f"{k} {v}" for k, v in gate["ham_test"]["by_reason"].items())
+            + f". Val (where the feature threshold was set): {pct(gate['ham_val']['flagged_rate'])}.",
+            f"- Images that should be flagged, all sets together: **{pct(gate['non_dermoscopic_flagged_rate'])}** "
+            'flagged; per set below ("either": no right answer, reported and not scored).',
+            "",
+            "| set | should be | images | flagged | main reasons |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {c['name']} | {c['expect']} | {c['n']} | {pct(c['flagged_rate'])} | "
+                + ", ".join(f"{k} {v}" for k, v in list(c["by_reason"].items())[:3])
+                + " |"
+                for c in gate["categories"]
+            ],
+            "",
+        ]
+        for note in gate.get("notes", []):
+            lines += [note, ""]
+    explain = metrics.get("explain")
+    if explain:
+        lines += [
+            "## Grad-CAM and gate cost (worker)",
+            "",
+            f"One `Explainer.explain` call (Keras forward and backward pass, Grad-CAM of the predicted class on "
+            f"`out_relu`, pooled features for the gate, overlay): p50 {explain['ms_per_image_p50']:.0f} ms, p95 "
+            f"{explain['ms_per_image_p95']:.0f} ms per image on this project's {explain['cpu_count']}-core CPU; resident "
+            f"memory {explain['rss_mb_after_load']:.0f} MiB after loading the model and the gate, of which "
+            f"{explain['rss_mb_after_tensorflow_import']:.0f} MiB after importing TensorFlow alone "
+            "(`python -m ml.explain --bench --record`).",
+            "",
+        ]
+    return lines
 
 
 def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines: Path | None) -> dict:
@@ -260,6 +396,7 @@ def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines
         "temperature": t,
         "table1": table,
     }
+    metrics.update(kept_sections(out / "metrics.json", meta["version"]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion(test["confusion_matrix"], out / "confusion_matrix.png")
     plot_roc(y_test, p_test, metrics["test_auc_per_class"], out / "roc_curves.png")
