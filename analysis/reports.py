@@ -77,9 +77,16 @@ def triage_summary(version: str) -> dict | None:
 
 
 def _triage_sentence(summary: dict) -> str:
+    """The thresholds and what they caught on the held-out test set, in one sentence for staff and reports."""
+    urgent = summary["test"]["urgent"]
+    flagged_or_not_routine = summary["test"]["urgent_or_uncertain"]
     return (
-        f"Urgent from a malignant probability of {summary['urgent_threshold']:.0%}, routine below "
-        f"{summary['routine_threshold']:.0%} (thresholds chosen on the validation set)."
+        f"Urgent from a malignant probability of {summary['urgent_threshold']:.1%}, routine below "
+        f"{summary['routine_threshold']:.1%} (chosen on the validation set). On the held-out HAM10000 test set "
+        f"({summary['test']['n']} images) the urgent tier caught {urgent['melanoma_sensitivity']['value']:.0%} of "
+        f"melanomas and {urgent['malignant_sensitivity']['value']:.0%} of malignant lesions (specificity "
+        f"{urgent['malignant_specificity']['value']:.0%}); urgent or uncertain caught "
+        f"{flagged_or_not_routine['malignant_sensitivity']['value']:.0%} of malignant lesions."
     )
 
 

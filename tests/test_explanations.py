@@ -46,11 +46,13 @@ def case(patient, staff):
     return CaseFactory(patient=patient, clinician=staff)
 
 
-def finished(case, staff, malignant_share: float, flags=(), png: bytes | None = None) -> Analysis:
+def finished(
+    case, staff, malignant_share: float, flags=(), png: bytes | None = None, version: str = "v-test"
+) -> Analysis:
     analysis = AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff))
     assert Analysis.claim(analysis.pk)
     analysis.refresh_from_db()
-    analysis.finish(probabilities_with_malignant(malignant_share), "v-test", quality_flags=flags, heatmap_png=png)
+    analysis.finish(probabilities_with_malignant(malignant_share), version, quality_flags=flags, heatmap_png=png)
     return Analysis.objects.get(pk=analysis.pk)
 
 
@@ -233,3 +235,18 @@ def test_an_unflagged_report_says_nothing_about_flags(case, staff, thresholds):
     text = pdf_text(reports.render_pdf(analysis))
     assert "flagged" not in text.lower()
     assert "TRIAGE: ROUTINE" in text.upper()
+
+
+def test_the_shipped_models_thresholds_and_their_test_figures_are_stated_on_page_and_report(client, case, staff):
+    rule = triage.load_triage()
+    analysis = finished(case, staff, min(0.99, rule.urgent_threshold + 0.01), version=rule.model_version)
+    measured = rule.describe()["test"]["urgent"]["melanoma_sensitivity"]["value"]
+    sentence = f"the urgent tier caught {measured:.0%} of melanomas"
+    assert (
+        f"Urgent from a malignant probability of {rule.urgent_threshold:.1%}"
+        in reports.triage_summary(rule.model_version)["explanation"]
+    )
+    client.force_login(staff)
+    assert sentence in client.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
+    assert sentence in pdf_text(reports.render_pdf(analysis))
+    assert reports.triage_summary("another-model") is None  # thresholds belong to one model version
