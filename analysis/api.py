@@ -229,11 +229,14 @@ class LesionImageSerializer(serializers.ModelSerializer):
         read_only_fields = ["original_filename", "width", "height", "uploaded_at"]
 
     def validate_image(self, upload):
+        return upload  # checked in validate(), which knows the case
+
+    def validate(self, attrs):
         try:
-            validate_image_file(upload)
+            validate_image_file(attrs["image"], case=attrs["case"])
         except UploadRejected as rejected:
-            raise serializers.ValidationError(str(rejected)) from None
-        return upload
+            raise serializers.ValidationError({"image": [str(rejected)]}) from None
+        return attrs
 
     def validate_captured_at(self, value):
         if value is not None and value > timezone.now():
@@ -241,12 +244,15 @@ class LesionImageSerializer(serializers.ModelSerializer):
         return value
 
     def create(self, validated_data):
-        analysis = submit_image(
-            validated_data["case"],
-            validated_data["image"],
-            self.context["request"].user,
-            validated_data.get("captured_at"),
-        )
+        try:
+            analysis = submit_image(
+                validated_data["case"],
+                validated_data["image"],
+                self.context["request"].user,
+                validated_data.get("captured_at"),
+            )
+        except UploadRejected as rejected:  # the same image arrived in another request meanwhile
+            raise serializers.ValidationError({"image": [str(rejected)]}) from None
         return analysis.image
 
     @extend_schema_field(AnalysisSummarySerializer)

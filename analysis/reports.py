@@ -5,8 +5,8 @@ The model's measured accuracy comes from the shipped model card (metrics.json), 
 """
 
 import base64
+import io
 import json
-import mimetypes
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -71,11 +71,16 @@ def css_string(text: str) -> str:
 
 
 def _image_data_uri(analysis: Analysis) -> str:
-    field = analysis.image.image
-    with field.open("rb") as handle:
-        data = handle.read()
-    mime = mimetypes.guess_type(field.name)[0] or "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    """The picture as the model saw it: upright (EXIF orientation applied) and in RGB, whatever the stored
+    original is (CMYK, 16-bit, alpha), so the PDF shows what a browser shows and what was classified."""
+    from ml.preprocess import load_image  # numpy and Pillow work: workers only, like WeasyPrint
+
+    with analysis.image.image.open("rb") as handle:
+        picture = load_image(handle)
+    picture.thumbnail((1600, 1600))  # plenty for a print; keeps a large original from bloating the PDF
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=92)
+    return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}"
 
 
 def render_pdf(analysis: Analysis) -> bytes:

@@ -20,6 +20,7 @@ from analysis.forms import AnalysisFilterForm, CaseNotesForm, NewCaseForm, Patie
 from analysis.models import Analysis, Case, LesionImage, Patient
 from analysis.reports import DISCLAIMER, file_name
 from analysis.services import submit_image
+from analysis.uploads import UploadRejected
 from workers.tasks import request_report
 
 PAGE_SIZE = 25
@@ -205,11 +206,15 @@ def case_upload(request, pk: int):
     if not form.is_valid():
         return _case_page(request, case, upload_form=form, status=400)
     # All the images or none: one transaction, and the analyses are sent only once it commits.
-    with transaction.atomic():
-        analyses = [
-            submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
-            for upload in form.cleaned_data["images"]
-        ]
+    try:
+        with transaction.atomic():
+            analyses = [
+                submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
+                for upload in form.cleaned_data["images"]
+            ]
+    except UploadRejected as rejected:  # the same image arrived in another upload meanwhile
+        form.add_error("images", str(rejected))
+        return _case_page(request, case, upload_form=form, status=400)
     if len(analyses) == 1:
         return redirect("analysis-detail", pk=analyses[0].pk)
     messages.success(request, f"{len(analyses)} images were added; their analyses are queued.")
