@@ -87,7 +87,7 @@ class LesionImageAdminForm(forms.ModelForm):
 
     class Meta:
         model = LesionImage
-        fields = "__all__"
+        fields = ["case", "image", "captured_at"]
 
     def clean(self):
         cleaned = super().clean()
