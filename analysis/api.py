@@ -11,6 +11,7 @@ import django_filters
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import InterfaceError, OperationalError
 from django.http import FileResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +25,7 @@ from rest_framework.views import exception_handler
 
 from analysis.access import clinic_for, for_clinic
 from analysis.classes import CLASS_CODES
+from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, Case, LesionImage, Patient
 from analysis.reports import file_name
 from analysis.services import submit_image
@@ -40,8 +42,19 @@ class RequestTooLarge(APIException):
     default_code = "request_too_large"
 
 
+class DatabaseUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = DATABASE_UNAVAILABLE
+    default_code = "database_unavailable"
+
+
 def api_exception_handler(exc, context):
-    """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400."""
+    """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400, and a database
+    that cannot be reached (restarting, failing over) as a 503 the client can retry instead of a 500."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        response = exception_handler(DatabaseUnavailable(), context)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):

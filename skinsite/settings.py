@@ -87,6 +87,7 @@ MIDDLEWARE = [
     "analysis.middleware.clinic_time_zone",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "analysis.middleware.database_unavailable",
 ]
 
 ROOT_URLCONF = "skinsite.urls"
@@ -112,7 +113,8 @@ VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'skinsite.sqlite3'}"
 try:
-    _database = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))
+    # Health checks: a kept connection that died (the server restarted) is replaced, not used and failed.
+    _database = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0), conn_health_checks=True)
 except ValueError as e:
     raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL ({e}): {DATABASE_URL!r}") from None
 if not _database.get("NAME"):
