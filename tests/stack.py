@@ -248,6 +248,7 @@ class Tally:
     duplicates: int = 0  # extra analyses of one image, or extra copies of one image in a case
     recovered: int = 0  # analyses that needed more than one attempt
     unfinished_ids: list[int] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)  # the reasons of failed analyses
 
     def line(self) -> str:
         return (
@@ -281,6 +282,7 @@ def tally(image_ids: list[int]) -> Tally:
             result.done += 1
         else:
             result.failed += 1
+            result.failures[finished[0].error[:200]] += 1
     copies = (
         LesionImage.objects.filter(pk__in=image_ids).values("case", "sha256").annotate(n=Count("pk")).filter(n__gt=1)
     )

@@ -35,14 +35,10 @@ def run_script(module: str, *args: str, timeout: float = 240) -> tuple[dict[str,
         [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
     output = finished.stdout + finished.stderr
-    counts = {name: int(n) for n, name in re.findall(r"(\d+) (submitted|done|failed|lost|duplicates)\b", _swap(output))}
     assert finished.returncode == 0, output[-5000:]
-    return counts, output
-
-
-def _swap(output: str) -> str:
-    # "submitted 12, done 12, ..." -> "12 submitted, 12 done, ..." for one simple pattern.
-    return re.sub(r"\b(submitted|done|failed|lost|duplicates) (\d+)", r"\2 \1", output)
+    counts = re.search(r"\] submitted (\d+), done (\d+), failed (\d+), lost (\d+), duplicates (\d+)", output)
+    names = ["submitted", "done", "failed", "lost", "duplicates"]
+    return (dict(zip(names, map(int, counts.groups()))) if counts else {}), output
 
 
 @pytest.mark.stack

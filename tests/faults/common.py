@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ def arguments(description: str, images: int, **defaults) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=defaults.pop("interval", 0.25), help="seconds between them")
     parser.add_argument("--workers", type=int, default=2, help="celery worker processes")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for the results at most")
+    parser.add_argument("--logs", type=Path, help="copy the web, worker and database logs into this folder at the end")
     for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     return parser.parse_args()
@@ -44,10 +46,13 @@ class Stream:
         self.thread.join()
 
 
-def open_stack(exits: ExitStack, name: str) -> Path:
+def open_stack(exits: ExitStack, name: str, logs: Path | None = None) -> Path:
     folder = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix=f"skinsite-{name}-")))
     if os.geteuid() == 0:
         os.chmod(folder, 0o755)  # a private PostgreSQL runs as the postgres user and must reach its folder
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
+        exits.callback(lambda: [shutil.copy(log, logs) for log in folder.rglob("*.log")])
     return folder
 
 
@@ -61,6 +66,8 @@ def verdict(name: str, uploader: stack.Uploader, result: stack.Tally, extra: str
     )
     for error in uploader.errors[:5]:
         print(f"[{name}]   not acknowledged: {error}")
+    for reason, n in result.failures.most_common(5):
+        print(f"[{name}]   failed {n}x: {reason}")
     if result.unfinished_ids:
         print(f"[{name}]   images without a finished analysis: {result.unfinished_ids[:20]}")
     ok = result.ok and not uploader.errors

@@ -26,7 +26,7 @@ def main() -> int:
         print(f"[{NAME}] SKIPPED: {reason}")
         return 0
     with ExitStack() as exits:
-        folder = open_stack(exits, NAME)
+        folder = open_stack(exits, NAME, args.logs)
         postgres = stack.PostgresCluster(folder / "pg").init()
         exits.callback(postgres.stop, "immediate")
         redis = stack.RedisServer().start()

@@ -21,7 +21,7 @@ NAME = "redis-outage"
 def main() -> int:
     args = arguments(__doc__.split("\n")[0], images=40, interval=1.0, outage=30.0, outage_after=4.0)
     with ExitStack() as exits:
-        folder = open_stack(exits, NAME)
+        folder = open_stack(exits, NAME, args.logs)
         redis = stack.RedisServer().start()
         exits.callback(redis.stop)
         stack.configure(folder, f"sqlite:///{folder / 'db.sqlite3'}", redis.url)

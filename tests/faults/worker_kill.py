@@ -21,7 +21,7 @@ NAME = "worker-kill"
 def main() -> int:
     args = arguments(__doc__.split("\n")[0], images=20)
     with ExitStack() as exits:
-        folder = open_stack(exits, NAME)
+        folder = open_stack(exits, NAME, args.logs)
         redis = stack.RedisServer().start()
         exits.callback(redis.stop)
         stack.configure(folder, f"sqlite:///{folder / 'db.sqlite3'}", redis.url)
