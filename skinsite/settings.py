@@ -257,6 +257,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 2,
 }
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# With the Redis broker 0 is the highest priority and 9 the lowest. Reports go last: a burst of uploads has
+# every analysis run before the PDFs of those already done, instead of each result waiting behind them.
+CELERY_TASK_ROUTES = {"workers.tasks.render_report": {"priority": 9}}
 # Recovery (workers/sweeper.py): how often each worker looks for lost work, and how long an analysis may
 # wait in the queue before it is sent again (the broker was down, or lost the message).
 SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 30)

@@ -148,6 +148,17 @@ def report(clients: list[Client], started: float, submitted_at: float, finished_
     return 0 if ok else 1
 
 
+def wait_for_reports(analysis_ids: list[int], timeout: float) -> float:
+    """Seconds until every done analysis has its PDF (reports go after analyses, at a lower priority)."""
+    from analysis.models import Analysis
+
+    started = time.perf_counter()
+    missing = Analysis.objects.filter(pk__in=analysis_ids, status="done", report="")
+    while missing.exists() and time.perf_counter() - started < timeout:
+        time.sleep(0.2)
+    return time.perf_counter() - started if not missing.exists() else float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.load", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200, help="image submissions in all")
@@ -188,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         clients = asyncio.run(run_clients(web.url, tenant.token, tenant.cases, images, args))
         finished = time.perf_counter()
         submitted_at = max((t for c in clients for t in c.acked_at), default=finished)
+        reports_after = wait_for_reports([pk for c in clients for pk in c.results], args.timeout)
+        label += f"; every PDF report written {reports_after:.1f} s after the clients saw the last result"
         if args.logs:
             args.logs.mkdir(parents=True, exist_ok=True)
             exits.callback(lambda: [shutil.copy(log, args.logs) for log in folder.glob("*.log")])
