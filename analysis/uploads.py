@@ -15,11 +15,13 @@ Decisions (tests/test_hostile_uploads.py holds the table of every case):
 
 import hashlib
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.utils import formats, timezone
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 if TYPE_CHECKING:
     from analysis.models import Case
@@ -51,7 +53,7 @@ def validate_image_file(upload, case: "Case | None" = None, seen: dict[str, str]
         raise UploadRejected(f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
     try:
         upload.seek(0)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _truncated_images_refused():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(upload) as image:
                 kind = image.format
@@ -71,7 +73,7 @@ def validate_image_file(upload, case: "Case | None" = None, seen: dict[str, str]
             with Image.open(upload) as image:
                 image.verify()
         upload.seek(0)
-        with Image.open(upload) as image:
+        with _truncated_images_refused(), Image.open(upload) as image:
             image.load()
             width, height = upright_size(image)
     except UploadRejected:
@@ -103,6 +105,19 @@ def validate_image_file(upload, case: "Case | None" = None, seen: dict[str, str]
         if case is not None:
             refuse_duplicate(case, digest)
     return width, height
+
+
+@contextmanager
+def _truncated_images_refused() -> Iterator[None]:
+    """Pillow pads a cut-short file with gray when ImageFile.LOAD_TRUNCATED_IMAGES is set, and importing
+    WeasyPrint sets it for the whole process: make sure a truncated upload fails to decode here, whatever
+    else this process has imported."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:

@@ -376,3 +376,19 @@ def test_two_uploads_of_one_image_racing_past_validation_store_it_once(staff, ca
     with pytest.raises(UploadRejected, match="already in this case"):
         submit_image(case, ContentFile(content, name="b.jpg"), staff)
     assert LesionImage.objects.count() == 1
+
+
+def test_a_truncated_jpeg_is_refused_even_after_weasyprint_has_been_imported(staff, case):
+    # Importing WeasyPrint sets Pillow's LOAD_TRUNCATED_IMAGES for the whole process, which would let a
+    # cut-short file decode padded with gray.
+    import weasyprint  # noqa: F401
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES
+    jpeg = encoded(lesion(), "JPEG")
+
+    answer = send("api", staff, case, [("cut.jpg", jpeg[: len(jpeg) // 2])])
+
+    assert answer.status == 400
+    assert "damaged or cut short" in answer.messages
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # left as it was found
