@@ -6,7 +6,7 @@ WEB_PORT ?= 8000
 # The Procfile's `python` and `celery` are the virtualenv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint fmt migrate bench
+.PHONY: run test lint fmt migrate bench load faults
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,14 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m ml.bench
 	$(BIN)/python -m ml.explain --bench
 	$(BIN)/python -m workers.bench
+
+# 200 API submissions from 20 clients against gunicorn + 2 workers (LOAD_ARGS="--images 50 --clients 5";
+# DATABASE_URL=postgres://... for PostgreSQL).
+load: $(VENV)/.installed
+	$(BIN)/python -m tests.load $(LOAD_ARGS)
+
+# A worker killed mid-run, Redis away for 30 s, PostgreSQL restarted: each prints its counts.
+faults: $(VENV)/.installed
+	$(BIN)/python -m tests.faults.worker_kill
+	$(BIN)/python -m tests.faults.redis_outage
+	$(BIN)/python -m tests.faults.postgres_restart

@@ -3,12 +3,14 @@
 Analysis results are read-only here: they come from the model, never from a form.
 """
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
 from analysis.services import start_analysis
+from analysis.uploads import UploadRejected, validate_image_file
 
 User = get_user_model()
 
@@ -80,8 +82,27 @@ class CaseAdmin(admin.ModelAdmin):
     date_hierarchy = "opened_on"
 
 
+class LesionImageAdminForm(forms.ModelForm):
+    """The admin is a door too: a new or replaced file meets the same checks as the web form and the API."""
+
+    class Meta:
+        model = LesionImage
+        fields = ["case", "image", "captured_at"]
+
+    def clean(self):
+        cleaned = super().clean()
+        upload, case = cleaned.get("image"), cleaned.get("case")
+        if "image" in self.changed_data and upload and case:
+            try:
+                validate_image_file(upload, case=case)
+            except UploadRejected as rejected:
+                self.add_error("image", str(rejected))
+        return cleaned
+
+
 @admin.register(LesionImage)
 class LesionImageAdmin(admin.ModelAdmin):
+    form = LesionImageAdminForm
     list_display = ["pk", "case", "original_filename", "width", "height", "uploaded_by", "uploaded_at"]
     list_filter = ["case__patient__clinic", "uploaded_at", "captured_at"]
     list_select_related = ["case__patient", "uploaded_by"]

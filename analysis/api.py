@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import InterfaceError, OperationalError
 from django.http import FileResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -30,6 +31,7 @@ from rest_framework.views import exception_handler
 from analysis import audit
 from analysis.access import clinic_for, for_clinic
 from analysis.classes import CLASS_CODES
+from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import file_name
@@ -48,8 +50,19 @@ class RequestTooLarge(APIException):
     default_code = "request_too_large"
 
 
+class DatabaseUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = DATABASE_UNAVAILABLE
+    default_code = "database_unavailable"
+
+
 def api_exception_handler(exc, context):
-    """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400."""
+    """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400, and a database
+    that cannot be reached (restarting, failing over) as a 503 the client can retry instead of a 500."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        response = exception_handler(DatabaseUnavailable(), context)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
@@ -298,11 +311,14 @@ class LesionImageSerializer(serializers.ModelSerializer):
         read_only_fields = ["original_filename", "width", "height", "uploaded_at"]
 
     def validate_image(self, upload):
+        return upload  # checked in validate(), which knows the case
+
+    def validate(self, attrs):
         try:
-            validate_image_file(upload)
+            validate_image_file(attrs["image"], case=attrs["case"])
         except UploadRejected as rejected:
-            raise serializers.ValidationError(str(rejected)) from None
-        return upload
+            raise serializers.ValidationError({"image": [str(rejected)]}) from None
+        return attrs
 
     def validate_captured_at(self, value):
         if value is not None and value > timezone.now():
@@ -310,12 +326,15 @@ class LesionImageSerializer(serializers.ModelSerializer):
         return value
 
     def create(self, validated_data):
-        analysis = submit_image(
-            validated_data["case"],
-            validated_data["image"],
-            self.context["request"].user,
-            validated_data.get("captured_at"),
-        )
+        try:
+            analysis = submit_image(
+                validated_data["case"],
+                validated_data["image"],
+                self.context["request"].user,
+                validated_data.get("captured_at"),
+            )
+        except UploadRejected as rejected:  # the same image arrived in another request meanwhile
+            raise serializers.ValidationError({"image": [str(rejected)]}) from None
         return analysis.image
 
     @extend_schema_field(AnalysisSummarySerializer)

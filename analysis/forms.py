@@ -54,7 +54,7 @@ class MultipleFileInput(forms.ClearableFileInput):
 
 
 class ImagesField(forms.FileField):
-    """One or several image files; every one is checked, and the messages name the file."""
+    """One or several image files. The form checks every one (it knows the case), and the messages name the file."""
 
     widget = MultipleFileInput
 
@@ -66,21 +66,13 @@ class ImagesField(forms.FileField):
         files = data if isinstance(data, list | tuple) else [data] if data else []
         if not files:
             raise forms.ValidationError("Choose at least one JPG or PNG image.", code="required")
-        errors = []
-        for upload in files:
-            try:
-                validate_image_file(upload)
-            except UploadRejected as rejected:
-                errors.append(forms.ValidationError(f"{upload.name}: {rejected}", code="invalid_image"))
-        if errors:
-            raise forms.ValidationError(errors)
         return list(files)
 
 
 class UploadForm(forms.Form):
     images = ImagesField(
         label="Lesion images",
-        help_text="JPG or PNG, at most 10 MB each. Several images may be chosen at once.",
+        help_text="JPG or PNG, at most 10 MB each, one still photo per file. Several images may be chosen at once.",
     )
     captured_at = forms.DateTimeField(
         label="Taken at",
@@ -92,6 +84,19 @@ class UploadForm(forms.Form):
     def __init__(self, *args, case: Case, **kwargs):
         super().__init__(*args, **kwargs)
         self.case = case
+
+    def clean_images(self) -> list:
+        files = self.cleaned_data["images"]
+        errors = []
+        seen: dict[str, str] = {}  # the same image chosen twice in this upload
+        for upload in files:
+            try:
+                validate_image_file(upload, case=self.case, seen=seen)
+            except UploadRejected as rejected:
+                errors.append(forms.ValidationError(f"{upload.name}: {rejected}", code="invalid_image"))
+        if errors:
+            raise forms.ValidationError(errors)
+        return files
 
     def clean(self):
         if not self.case.is_open:

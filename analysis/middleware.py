@@ -1,7 +1,11 @@
-"""Staff read dates and times in their clinic's time zone, whatever the server's."""
+"""Staff read dates and times in their clinic's time zone, whatever the server's; a database that is away
+for a moment is a 503 to retry, not a 500."""
 
+import logging
 import zoneinfo
 
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse
 from django.utils import timezone
 
 from analysis.access import clinic_for
@@ -17,4 +21,34 @@ def clinic_time_zone(get_response):
         finally:
             timezone.deactivate()
 
+    return middleware
+
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE = (
+    "The database is unavailable for a moment, so nothing was saved. Please try again in a few seconds."
+)
+
+
+def database_unavailable(get_response):
+    """A view that cannot reach the database (restarting, failing over, out of connections) answers 503 with
+    Retry-After: its transaction was rolled back, so sending the same request again is safe. The page is
+    plain HTML: the site's templates would ask the database for the signed-in user."""
+
+    def middleware(request):
+        return get_response(request)
+
+    def process_exception(request, exception):
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        log.warning("database unavailable during %s %s: %s", request.method, request.path, exception)
+        return HttpResponse(
+            f"<!doctype html><title>Please try again</title><h1>Please try again</h1><p>{DATABASE_UNAVAILABLE}</p>",
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    middleware.process_exception = process_exception
     return middleware

@@ -6,7 +6,6 @@ Each clinical model names the lookup to its clinic in `clinic_lookup`; analysis/
 query a staff member can reach with it.
 """
 
-import hashlib
 import math
 import uuid
 from collections.abc import Sequence
@@ -19,9 +18,12 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import models
 from django.db.models import F, Prefetch
+from django.db.models.fields.files import ImageFieldFile
 from django.utils import timezone
+from PIL import Image
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
+from analysis.uploads import sha256_of, upright_size
 from ml import triage
 
 
@@ -190,11 +192,38 @@ def _safe_suffix(filename: str) -> str:
     return suffix if suffix in {".jpg", ".jpeg", ".png"} else ""
 
 
+class UprightImageFieldFile(ImageFieldFile):
+    """An image file whose width and height are the picture's as seen: a phone's portrait photo is stored
+    landscape with an EXIF orientation tag, and its record should say portrait."""
+
+    def _get_image_dimensions(self) -> tuple[int | None, int | None]:
+        if not hasattr(self, "_dimensions_cache"):
+            close = self.closed
+            self.open()
+            try:
+                self.seek(0)
+                with Image.open(self) as picture:
+                    self._dimensions_cache = upright_size(picture)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                self._dimensions_cache = (None, None)  # as Django answers for a file it cannot read
+            finally:
+                if close:
+                    self.close()
+                else:
+                    self.seek(0)
+        return self._dimensions_cache
+
+
+class UprightImageField(models.ImageField):
+    attr_class = UprightImageFieldFile
+
+
 class LesionImage(models.Model):
     clinic_lookup = "case__patient__clinic"
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="images")
-    image = models.ImageField(upload_to=lesion_image_path, width_field="width", height_field="height")
+    # The stored file is the original, byte for byte (its sha256 is on record); width and height are upright.
+    image = UprightImageField(upload_to=lesion_image_path, width_field="width", height_field="height")
     original_filename = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True, editable=False)
     width = models.PositiveIntegerField(editable=False)
@@ -213,13 +242,11 @@ class LesionImage(models.Model):
     def attach(self, upload: File) -> None:
         """Take an uploaded file: remember its name, fingerprint its bytes; the name it is stored
         under is generated when the row is saved."""
-        digest = hashlib.sha256()
-        for chunk in upload.chunks():
-            digest.update(chunk)
-        upload.seek(0)
+        self.sha256 = sha256_of(upload)
         self.image = upload
-        self.original_filename = PurePath(upload.name or "").name[:255]
-        self.sha256 = digest.hexdigest()
+        # Only the last part of the name (a `../` path from a client is not a path here); the templates
+        # escape it wherever it is shown.
+        self.original_filename = PurePath((upload.name or "").replace("\\", "/")).name[:255]
 
 
 class Analysis(models.Model):

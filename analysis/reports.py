@@ -5,8 +5,8 @@ The model's measured accuracy comes from the shipped model card (metrics.json), 
 """
 
 import base64
+import io
 import json
-import mimetypes
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -109,11 +109,22 @@ def css_string(text: str) -> str:
     return f'"{escaped}"'
 
 
-def _data_uri(field) -> str:
+def _image_data_uri(analysis: Analysis) -> str:
+    """The picture as the model saw it: upright (EXIF orientation applied) and in RGB, whatever the stored
+    original is (CMYK, 16-bit, alpha), so the PDF shows what a browser shows and what was classified."""
+    from ml.preprocess import load_image  # numpy and Pillow work: workers only, like WeasyPrint
+
+    with analysis.image.image.open("rb") as handle:
+        picture = load_image(handle)
+    picture.thumbnail((1600, 1600))  # plenty for a print; keeps a large original from bloating the PDF
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=92)
+    return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def _png_data_uri(field) -> str:
     with field.open("rb") as handle:
-        data = handle.read()
-    mime = mimetypes.guess_type(field.name)[0] or "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        return f"data:image/png;base64,{base64.b64encode(handle.read()).decode()}"
 
 
 def render_pdf(analysis: Analysis) -> bytes:
@@ -146,8 +157,8 @@ def render_pdf(analysis: Analysis) -> bytes:
             "confidence_percent": round(100 * analysis.confidence, 1),
             "malignant_percent": round(100 * (analysis.malignant_probability or 0), 1),
             "rows": rows,
-            "image_uri": _data_uri(image.image),
-            "heatmap_uri": _data_uri(analysis.heatmap) if analysis.has_heatmap else None,
+            "image_uri": _image_data_uri(analysis),
+            "heatmap_uri": _png_data_uri(analysis.heatmap) if analysis.has_heatmap else None,
             "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
             "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
             "flagged_warning": FLAGGED_WARNING,

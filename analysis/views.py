@@ -24,6 +24,7 @@ from analysis.forms import AnalysisFilterForm, AuditFilterForm, CaseNotesForm, N
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
 from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, triage_summary
 from analysis.services import submit_image
+from analysis.uploads import UploadRejected
 from workers.tasks import request_report
 
 PAGE_SIZE = 25
@@ -251,13 +252,17 @@ def case_upload(request, pk: int):
     if not form.is_valid():
         return _case_page(request, case, upload_form=form, status=400)
     # All the images or none: one transaction, and the analyses are sent only once it commits.
-    with transaction.atomic():
-        analyses = [
-            submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
-            for upload in form.cleaned_data["images"]
-        ]
-        for analysis in analyses:
-            audit.record(request, audit.Action.CREATED, analysis.image)
+    try:
+        with transaction.atomic():
+            analyses = [
+                submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
+                for upload in form.cleaned_data["images"]
+            ]
+            for analysis in analyses:
+                audit.record(request, audit.Action.CREATED, analysis.image)
+    except UploadRejected as rejected:  # the same image arrived in another upload meanwhile
+        form.add_error("images", str(rejected))
+        return _case_page(request, case, upload_form=form, status=400)
     if len(analyses) == 1:
         return redirect("analysis-detail", pk=analyses[0].pk)
     messages.success(request, f"{len(analyses)} images were added; their analyses are queued.")

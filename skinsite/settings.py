@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "analysis.middleware.clinic_time_zone",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "analysis.middleware.database_unavailable",
     # Last, so that it turns a sign-in refused for too many failures into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -116,7 +117,8 @@ VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'skinsite.sqlite3'}"
 try:
-    _database = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))
+    # Health checks: a kept connection that died (the server restarted) is replaced, not used and failed.
+    _database = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0), conn_health_checks=True)
 except ValueError as e:
     raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL ({e}): {DATABASE_URL!r}") from None
 if not _database.get("NAME"):
@@ -306,6 +308,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # Each pool process loads the LiteRT classifier and the Keras model for Grad-CAM at start-up (importing
 # TensorFlow takes several seconds on a small machine): give it longer than Celery's default 4 s.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_int("WORKER_PROC_ALIVE_TIMEOUT", 120)
+# With the Redis broker 0 is the highest priority and 9 the lowest. Reports go last: a burst of uploads has
+# every analysis run before the PDFs of those already done, instead of each result waiting behind them.
+CELERY_TASK_ROUTES = {"workers.tasks.render_report": {"priority": 9}}
 # Recovery (workers/sweeper.py): how often each worker looks for lost work, and how long an analysis may
 # wait in the queue before it is sent again (the broker was down, or lost the message).
 SWEEP_INTERVAL = env_int("SWEEP_INTERVAL", 30)

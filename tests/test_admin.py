@@ -78,7 +78,7 @@ def test_superuser_can_deactivate_users_from_the_admin(client, superuser, staff)
 
 def test_an_image_uploaded_in_the_admin_is_fingerprinted_and_renamed(client, superuser):
     case = CaseFactory()
-    upload = jpeg_upload("Max Mustermann.jpg", size=(80, 60))
+    upload = jpeg_upload("Max Mustermann.jpg", size=(80, 64))
     expected_sha256 = hashlib.sha256(upload.read()).hexdigest()
     upload.seek(0)
     client.force_login(superuser)
@@ -90,7 +90,7 @@ def test_an_image_uploaded_in_the_admin_is_fingerprinted_and_renamed(client, sup
     assert image.original_filename == "Max Mustermann.jpg"
     assert "Mustermann" not in image.image.name
     assert image.sha256 == expected_sha256
-    assert (image.width, image.height, image.uploaded_by) == (80, 60, superuser)
+    assert (image.width, image.height, image.uploaded_by) == (80, 64, superuser)
 
 
 @pytest.mark.parametrize("is_staff", [False, True])

@@ -79,7 +79,9 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
 
     user = get_user_model().objects.create_user(f"bench{time.time_ns()}")
     Membership.objects.create(user=user, clinic=clinic)
-    case = Case.objects.create(patient=Patient.objects.create(clinic=clinic, mrn="BENCH-1", name="Bench Patient"))
+    patient = Patient.objects.create(clinic=clinic, mrn="BENCH-1", name="Bench Patient")
+    # A case holds an image once: every phase (warm-up, latency, throughput) submits into cases of its own.
+    warm_case, latency_case, throughput_case = (Case.objects.create(patient=patient) for _ in range(3))
     images = bench_images(max(args.images, args.sequential))
     db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     print(
@@ -88,7 +90,7 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
 
     workers = [stack.enter_context(Worker(settings.REDIS_URL, tmp / f"worker{i}.log")) for i in range(args.workers)]
 
-    def submit(path: Path) -> int:
+    def submit(path: Path, case: Case) -> int:
         with path.open("rb") as handle:
             return submit_image(case, File(handle, name=path.name), user).pk
 
@@ -99,10 +101,11 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
                 sys.exit("timed out waiting for the workers; see their logs in " + str(tmp))
             time.sleep(0.005)
 
-    wait([submit(images[0]) for _ in range(args.workers * 2)])  # warm every worker's first task
+    warm = [submit(path, warm_case) for path in images[: args.workers * 2]]
+    wait(warm)  # every worker's first task done
     latencies = []
     for path in images[: args.sequential]:
-        pk = submit(path)
+        pk = submit(path, latency_case)
         wait([pk])
         a = Analysis.objects.get(pk=pk)
         latencies.append((a.finished_at - a.queued_at).total_seconds() * 1000)
@@ -112,7 +115,7 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
 
     ids = []
     started = time.perf_counter()
-    ids = [submit(path) for path in images[: args.images]]
+    ids = [submit(path, throughput_case) for path in images[: args.images]]
     wait(ids)
     elapsed = time.perf_counter() - started
     failed = Analysis.objects.filter(pk__in=ids, status="failed").count()

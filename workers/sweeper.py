@@ -6,6 +6,7 @@ them again. Several workers may sweep at once: each row is taken by one conditio
 duplicate message is harmless because ``analyse`` claims its row before doing anything.
 """
 
+import contextlib
 import logging
 import threading
 from datetime import timedelta
@@ -42,9 +43,10 @@ def _loop() -> None:
         try:
             close_old_connections()
             sweep()
-        except Exception:  # a database outage must not end the sweeper: try again next round
+        except Exception:  # a database or broker outage must not end the sweeper: try again next round
             log.exception("sweeper pass failed")
-        finally:
+        # Closing a connection to a server that went away can raise too, and nothing may end this loop.
+        with contextlib.suppress(Exception):
             connection.close()
 
 

@@ -30,7 +30,7 @@ class Command(BaseCommand):
             try:
                 with path.open("rb") as handle:
                     upload = File(handle, name=path.name)
-                    validate_image_file(upload)
+                    validate_image_file(upload, case=case_obj)
                     analysis = submit_image(case_obj, upload, uploader)
             except (OSError, UploadRejected) as error:
                 self.stderr.write(f"{path}: refused: {error}")

@@ -1,0 +1,125 @@
+"""Faults: a killed worker, a Redis outage and a PostgreSQL restart lose nothing, and the web side answers a
+missing database with a 503 to retry.
+
+The three scripts in tests/faults/ run a whole stack of processes (gunicorn, workers, a private Redis, a private
+PostgreSQL); here they run with shorter streams and outages than their defaults, and the test reads their
+printed counts. `-m "not stack"` leaves them out.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.db import OperationalError
+from django.urls import reverse
+
+from analysis.models import Analysis, LesionImage
+from tests import stack
+from tests.factories import CaseFactory, jpeg_upload
+from tests.test_api import client_for
+from workers import sweeper
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(module: str, *args: str, timeout: float = 240) -> tuple[dict[str, int], str]:
+    """Run a fault script in its own process (its own SQLite or PostgreSQL and Redis, never the test run's);
+    returns its counts and its output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MEDIA_ROOT", "VAR_DIR")}
+    finished = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output[-5000:]
+    counts = re.search(r"\] submitted (\d+), done (\d+), failed (\d+), lost (\d+), duplicates (\d+)", output)
+    names = ["submitted", "done", "failed", "lost", "duplicates"]
+    return (dict(zip(names, map(int, counts.groups()))) if counts else {}), output
+
+
+@pytest.mark.stack
+def test_a_worker_killed_with_sigkill_mid_analysis_loses_nothing_and_runs_nothing_twice():
+    counts, output = run_script("tests.faults.worker_kill", "--images", "12")
+    assert "SIGKILLed worker" in output
+    assert counts == {"submitted": 12, "done": 12, "failed": 0, "lost": 0, "duplicates": 0}
+
+
+@pytest.mark.stack
+def test_uploads_go_on_while_redis_is_away_and_every_one_is_analysed_once_it_is_back():
+    counts, output = run_script(
+        "tests.faults.redis_outage", "--outage", "8", "--outage-after", "2", "--images", "14", "--interval", "0.6"
+    )
+    answered = int(re.search(r"during the outage (\d+) uploads answered", output).group(1))
+    assert answered >= 8
+    assert counts == {"submitted": 14, "done": 14, "failed": 0, "lost": 0, "duplicates": 0}
+
+
+@pytest.mark.stack
+@pytest.mark.skipif(bool(stack.PostgresCluster.unavailable_reason()), reason="no private PostgreSQL can run here")
+def test_a_postgresql_restart_during_uploads_loses_no_acknowledged_image():
+    counts, output = run_script(
+        "tests.faults.postgres_restart", "--images", "16", "--down", "3", "--restart-after", "2"
+    )
+    assert "PostgreSQL started again" in output
+    assert counts == {"submitted": 16, "done": 16, "failed": 0, "lost": 0, "duplicates": 0}
+
+
+# The web side while the database is away
+
+
+@pytest.fixture
+def case(staff):
+    return CaseFactory(patient__clinic=staff.membership.clinic, clinician=staff)
+
+
+DATABASE_GONE = OperationalError("server closed the connection unexpectedly")
+
+
+@pytest.mark.django_db
+def test_an_api_upload_while_the_database_is_away_is_a_503_json_to_retry(staff, case):
+    with mock.patch("analysis.api.submit_image", side_effect=DATABASE_GONE):
+        response = client_for(staff).post(
+            "/api/images/", {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))}, format="multipart"
+        )
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert "try again in a few seconds" in response.json()["detail"]
+    assert not LesionImage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_form_upload_while_the_database_is_away_is_a_503_page_to_retry(client, staff, case):
+    client.force_login(staff)
+    with mock.patch("analysis.views.submit_image", side_effect=DATABASE_GONE):
+        response = client.post(reverse("case-upload", args=[case.pk]), {"images": jpeg_upload("a.jpg", (80, 64))})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert b"nothing was saved" in response.content
+    assert not Analysis.objects.exists()
+
+
+def test_the_sweeper_goes_on_after_failed_passes_and_a_failing_close(settings):
+    settings.SWEEP_INTERVAL = 0.01
+    passes = []
+
+    def failing_sweep():
+        passes.append(1)
+        if len(passes) >= 3:
+            sweeper._stop.set()
+        raise OperationalError("the database is restarting")
+
+    with (
+        mock.patch.object(sweeper, "sweep", side_effect=failing_sweep),
+        mock.patch.object(sweeper, "close_old_connections"),
+        mock.patch.object(sweeper.connection, "close", side_effect=OperationalError("connection already closed")),
+    ):
+        thread = threading.Thread(target=sweeper._loop)
+        thread.start()
+        thread.join(timeout=10)
+    sweeper._stop.clear()
+    assert not thread.is_alive()
+    assert len(passes) == 3
