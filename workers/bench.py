@@ -4,8 +4,8 @@ Redis + K `celery worker` processes + the database, as the service runs them. Wi
 REDIS_URL it makes a throw-away SQLite file and an embedded Redis. Prints:
 - warm latency: images submitted one at a time, submit-to-done p50/p95 (from the rows' own timestamps);
 - throughput: N images submitted at once, images/s until the last is done;
-- the model's own time per image (ml.bench's LiteRT path, batch 1, same thread count as a worker), and
-  the queue's overhead (latency p50 minus model p50) and their ratio;
+- the model's own time per image (ml.bench's LiteRT path, batch 1, same thread count as a worker), the
+  explanation's (Grad-CAM, quality gate, overlay PNG), and the queue's overhead (latency p50 minus both);
 - the median PDF report render time, and each worker pool process's resident memory.
 """
 
@@ -121,6 +121,7 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
     failed = Analysis.objects.filter(pk__in=ids, status="failed").count()
 
     model = model_bench(settings.SKINSITE_MODEL, repeats=100, threads=1, include_keras=False)["litert"]
+    explain = explanation_ms(images[:30])
     done = list(Analysis.objects.filter(pk__in=ids[:10]).select_related("image__case__patient__clinic"))
     render = []
     for a in done:
@@ -137,12 +138,31 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
     print(
         f"model alone (LiteRT, batch 1, 1 thread): p50 {model['batch1_p50_ms']:.1f} ms, p95 {model['batch1_p95_ms']:.1f} ms"
     )
+    print(f"explanation (Grad-CAM, quality gate, overlay PNG), in-process: p50 {explain:.1f} ms")
+    compute = model["batch1_p50_ms"] + explain
     print(
-        f"queue + database + image I/O overhead: {p50 - model['batch1_p50_ms']:.1f} ms per analysis; latency/model ratio {p50 / model['batch1_p50_ms']:.2f}"
+        f"queue + database + image I/O overhead: {p50 - compute:.1f} ms per analysis "
+        f"(latency p50 minus model and explanation); latency/model ratio {p50 / model['batch1_p50_ms']:.2f}"
     )
     print(f"PDF report render: median {statistics.median(render):.0f} ms over {len(render)} reports")
     for pid, mb in rss.items():
         print(f"worker pool process {pid}: resident memory {mb:.0f} MB")
+
+
+def explanation_ms(images: list[Path]) -> float:
+    """Median time of what a worker does after the prediction: the explainer's pass and the PNG it stores."""
+    import io
+
+    from ml.explain import Explainer
+
+    explainer = Explainer()
+    times = []
+    for path in images:
+        started = time.perf_counter()
+        explanation = explainer.explain(path, class_index=0)
+        explanation.overlay.save(io.BytesIO(), format="PNG", compress_level=1)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times[3:] or times)
 
 
 def _rss_mb(pid: int) -> float:

@@ -81,7 +81,8 @@ def _explained(analysis: Analysis, predicted_class: str) -> tuple[list[str], byt
     with analysis.image.image.open("rb") as handle:
         explanation = explainer().explain(handle, class_index=CLASS_CODES.index(predicted_class))
     png = io.BytesIO()
-    explanation.overlay.save(png, format="PNG", optimize=True)
+    # Fast compression: zlib's default costs 4x as long for 15% fewer bytes, and `optimize` 30x.
+    explanation.overlay.save(png, format="PNG", compress_level=1)
     return list(explanation.quality_flags), png.getvalue()
 
 
