@@ -474,6 +474,14 @@ class PDFRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
+def file_responses(media_type: str, found: str, not_found: str) -> dict:
+    """The schema of an endpoint that streams a file, or answers 404 with a JSON reason."""
+    return {
+        (200, media_type): OpenApiResponse(OpenApiTypes.BINARY, description=found),
+        404: OpenApiResponse(inline_serializer("NotFound", {"detail": serializers.CharField()}), description=not_found),
+    }
+
+
 class PNGRenderer(PDFRenderer):
     media_type = "image/png"
     format = "png"
@@ -489,13 +497,9 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
         return for_clinic(self.request.user, Analysis).select_related("image__case")
 
     @extend_schema(
-        responses={
-            (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The PDF report."),
-            404: OpenApiResponse(
-                inline_serializer("NotFound", {"detail": serializers.CharField()}),
-                description="No such analysis in your clinic, or its report is not written yet.",
-            ),
-        }
+        responses=file_responses(
+            "application/pdf", "The PDF report.", "No such analysis in your clinic, or its report is not written yet."
+        )
     )
     @action(detail=True, renderer_classes=[renderers.JSONRenderer, PDFRenderer])
     def report(self, request, pk=None, format=None):  # format: the router's suffix route (report.pdf)
@@ -516,13 +520,11 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
         )
 
     @extend_schema(
-        responses={
-            (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="The Grad-CAM heatmap."),
-            404: OpenApiResponse(
-                inline_serializer("HeatmapNotFound", {"detail": serializers.CharField()}),
-                description="No such analysis in your clinic, or it has no heatmap (not done yet).",
-            ),
-        }
+        responses=file_responses(
+            "image/png",
+            "The Grad-CAM heatmap.",
+            "No such analysis in your clinic, or it has no heatmap (not done yet).",
+        )
     )
     @action(detail=True, renderer_classes=[renderers.JSONRenderer, PNGRenderer])
     def heatmap(self, request, pk=None, format=None):  # format: the router's suffix route (heatmap.png)

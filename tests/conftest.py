@@ -65,3 +65,15 @@ def outsider(db):
 @pytest.fixture
 def patient(staff):
     return PatientFactory(clinic=staff.membership.clinic)
+
+
+@pytest.fixture(scope="session")
+def explainer():
+    """The shipped model's explainer (Grad-CAM and the quality gate), loaded once for the whole run."""
+    pytest.importorskip("keras", reason="Keras (tensorflow-cpu) is not installed")
+    from ml.explain import get_explainer
+
+    try:
+        return get_explainer()
+    except (OSError, ValueError) as error:
+        pytest.skip(f"the shipped Keras model or its gate statistics cannot be loaded: {error}")

@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import factory
 from django.contrib.auth import get_user_model
@@ -72,3 +74,25 @@ def jpeg_upload(name: str, size: tuple[int, int] = (64, 48)) -> SimpleUploadedFi
     buffer = io.BytesIO()
     Image.new("RGB", size, "sienna").save(buffer, "JPEG")
     return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    """The picture saved in a format, as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )

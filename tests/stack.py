@@ -194,15 +194,9 @@ class Web:
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
+        from workers.process import stop_process_group
 
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self._log.close()
 
 
@@ -305,6 +299,18 @@ def wait_for_results(image_ids: list[int], timeout: float) -> Tally:
         if result.lost == 0 or time.monotonic() > deadline:
             return result
         time.sleep(0.5)
+
+
+def settle(stream, uploader: "Uploader", timeout: float) -> tuple[Tally, float]:
+    """After the fault: the stream's last uploads, every acknowledged image finished (or the timeout), then a
+    pause in which a duplicate delivery would show up as a second attempt or analysis, and the final count.
+    Returns it with the seconds the work took to finish."""
+    started = time.monotonic()
+    stream.join()
+    wait_for_results(uploader.acknowledged, timeout)
+    seconds = time.monotonic() - started
+    time.sleep(2)
+    return tally(uploader.acknowledged), seconds
 
 
 class Uploader:

@@ -27,9 +27,7 @@ Outcomes in short:
 import html
 import io
 import re
-import struct
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +44,7 @@ from analysis.services import submit_image
 from analysis.uploads import UploadRejected
 from ml.inference import Classifier
 from ml.preprocess import load_image
-from tests.factories import CaseFactory
+from tests.factories import CaseFactory, encoded, png_declaring
 from tests.test_api import client_for
 
 pytestmark = pytest.mark.django_db
@@ -62,24 +60,6 @@ def lesion(size: tuple[int, int] = (200, 150), mode: str = "RGB") -> Image.Image
     picture = Image.new("RGB", size, (224, 172, 150))
     ImageDraw.Draw(picture).ellipse((size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] * 3 // 4), (90, 50, 40))
     return picture.convert(mode)
-
-
-def encoded(picture: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares width x height (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 def fifty_megabytes() -> bytes:

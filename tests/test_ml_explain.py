@@ -19,15 +19,6 @@ needs_data = pytest.mark.skipif(
 SKIN = (224, 172, 150)
 
 
-@pytest.fixture(scope="module")
-def explainer():
-    pytest.importorskip("keras", reason="Keras (tensorflow-cpu) is not installed")
-    try:
-        return get_explainer()
-    except (OSError, ValueError) as error:
-        pytest.skip(f"the shipped Keras model or its gate statistics cannot be loaded: {error}")
-
-
 def blob_image(cx: float, cy: float, size=(200, 150), radius: float = 22.0) -> Image.Image:
     """A dark brown blob on a skin-coloured background, with a little texture so the image is not synthetic-smooth."""
     yy, xx = np.mgrid[0 : size[1], 0 : size[0]]

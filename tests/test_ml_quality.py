@@ -7,7 +7,6 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ml import data, paths
-from ml.explain import get_explainer
 from ml.preprocess import load_image
 from ml.quality import GATE_FILE_NAME, MESSAGES, QualityGate, image_stats, stored_version
 
@@ -20,15 +19,6 @@ GATE_FILE = paths.MODELS_DIR / GATE_FILE_NAME
 @pytest.fixture(scope="module")
 def gate() -> QualityGate:
     return QualityGate.load(GATE_FILE)
-
-
-@pytest.fixture(scope="module")
-def explainer():
-    pytest.importorskip("keras", reason="Keras (tensorflow-cpu) is not installed")
-    try:
-        return get_explainer()
-    except (OSError, ValueError) as error:
-        pytest.skip(f"the shipped Keras model or its gate statistics cannot be loaded: {error}")
 
 
 def flags(explainer, image) -> list[str]:

@@ -17,6 +17,18 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def stop_process_group(process: subprocess.Popen | None, timeout: float = 20) -> None:
+    """SIGTERM a process started in its own group (and its children), SIGKILL if it has not gone in time."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def database_url() -> str:
     """The URL of the database this process is connected to (in tests: the test database)."""
     s = connection.settings_dict
@@ -84,13 +96,7 @@ class Worker:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self._log.close()
 
     def __enter__(self):

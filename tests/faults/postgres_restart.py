@@ -53,12 +53,7 @@ def main() -> int:
         time.sleep(args.down)
         postgres.start()
         print(f"[{NAME}] PostgreSQL started again after {args.down:.0f} s", flush=True)
-        started = time.monotonic()
-        stream.join()
-        result = stack.wait_for_results(uploader.acknowledged, args.timeout)
-        seconds = time.monotonic() - started
-        time.sleep(2)
-        result = stack.tally(uploader.acknowledged)
+        result, seconds = stack.settle(stream, uploader, args.timeout)
         logs = "".join(p.read_text(errors="replace") for p in folder.glob("worker*.log"))
         extra = (
             f"; all finished {seconds:.0f} s after the restart; workers: {logs.count(' retry: Retry in ')} task "

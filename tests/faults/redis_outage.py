@@ -47,12 +47,7 @@ def main() -> int:
             f"[{NAME}] Redis started again (empty) after {args.outage:.0f} s; {len(during)} uploads meanwhile",
             flush=True,
         )
-        started = time.monotonic()
-        stream.join()
-        result = stack.wait_for_results(uploader.acknowledged, args.timeout)
-        seconds = time.monotonic() - started
-        time.sleep(2)
-        result = stack.tally(uploader.acknowledged)
+        result, seconds = stack.settle(stream, uploader, args.timeout)
         extra = (
             f"; during the outage {len(during)} uploads answered, max {max(during, default=float('nan')):.2f} s each"
             f"; all finished {seconds:.0f} s after Redis came back"

@@ -9,7 +9,6 @@ one had taken from the queue; the claim (queued -> running) keeps a second deliv
 """
 
 import sys
-import time
 from contextlib import ExitStack
 
 from tests import stack
@@ -46,13 +45,7 @@ def main() -> int:
             f"[{NAME}] SIGKILLed worker pid {victim.process.pid} (and its pool) while analyses {running} ran",
             flush=True,
         )
-        started = time.monotonic()
-        stream.join()
-        result = stack.wait_for_results(uploader.acknowledged, args.timeout)
-        seconds = time.monotonic() - started
-        # A duplicate delivery would show up as a second attempt or a second analysis now: give it a moment.
-        time.sleep(2)
-        result = stack.tally(uploader.acknowledged)
+        result, seconds = stack.settle(stream, uploader, args.timeout)
         return verdict(NAME, uploader, result, f"; all finished {seconds:.0f} s after the kill")
 
 
