@@ -12,6 +12,7 @@ image and the process's resident memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -132,11 +133,24 @@ class GradCam:
             return self._features(self._tf.constant(batch)).numpy()
 
 
+def _limit_tensorflow_threads() -> None:
+    """Give TensorFlow the thread budget the LiteRT interpreter gets (SKINSITE_INFERENCE_THREADS): several worker
+    processes on a small machine each taking every core slow each other down."""
+    import tensorflow as tf
+
+    threads = int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0))
+    if threads:
+        with contextlib.suppress(RuntimeError):  # too late once TensorFlow has run something in this process
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def load_grad_cam(model_path: str | Path | None = None) -> tuple[GradCam, str]:
     """The Keras twin of a served model (``skinsite.keras`` beside ``skinsite.tflite``) and its version, warmed up."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    _limit_tensorflow_threads()
     keras_file = Path(model_path or paths.SHIPPED_MODEL).with_suffix(".keras")
     meta = model_metadata(keras_file)
     grad_cam = GradCam(keras.models.load_model(keras_file, compile=False), tuple(meta["input_size"]))
