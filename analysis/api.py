@@ -474,11 +474,15 @@ class PDFRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
+# One schema component for every "not here" answer: two inline serializers of one name would clash.
+NOT_FOUND = inline_serializer("NotFound", {"detail": serializers.CharField()})
+
+
 def file_responses(media_type: str, found: str, not_found: str) -> dict:
     """The schema of an endpoint that streams a file, or answers 404 with a JSON reason."""
     return {
         (200, media_type): OpenApiResponse(OpenApiTypes.BINARY, description=found),
-        404: OpenApiResponse(inline_serializer("NotFound", {"detail": serializers.CharField()}), description=not_found),
+        404: OpenApiResponse(NOT_FOUND, description=not_found),
     }
 
 
