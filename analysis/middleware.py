@@ -2,11 +2,13 @@
 for a moment is a 503 to retry, not a 500."""
 
 import logging
+import sys
 import zoneinfo
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.utils import timezone
+from django.views import defaults
 
 from analysis.access import clinic_for
 
@@ -43,12 +45,25 @@ def database_unavailable(get_response):
     def process_exception(request, exception):
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
-        log.warning("database unavailable during %s %s: %s", request.method, request.path, exception)
-        return HttpResponse(
-            f"<!doctype html><title>Please try again</title><h1>Please try again</h1><p>{DATABASE_UNAVAILABLE}</p>",
-            status=503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return database_unavailable_response(request, exception)
 
     middleware.process_exception = process_exception
     return middleware
+
+
+def database_unavailable_response(request, exception: Exception) -> HttpResponse:
+    log.warning("database unavailable during %s %s: %s", request.method, request.path, exception)
+    return HttpResponse(
+        f"<!doctype html><title>Please try again</title><h1>Please try again</h1><p>{DATABASE_UNAVAILABLE}</p>",
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def server_error(request) -> HttpResponse:
+    """The 500 handler (handler500). A database that went away before any view ran (the session or the user
+    looked up by a middleware, which process_exception never sees) is still a 503 to retry, not a 500."""
+    error = sys.exc_info()[1]
+    if isinstance(error, OperationalError | InterfaceError):
+        return database_unavailable_response(request, error)
+    return defaults.server_error(request)

@@ -5,28 +5,58 @@ once that transaction has committed (see analysis/signals.py), so a worker never
 is not there yet, and a failed save sends nothing.
 """
 
+import contextlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
 from django.core.files import File
+from django.core.files.storage import default_storage
 from django.db import transaction
 
 from analysis.models import Analysis, Case, LesionImage
 from analysis.uploads import refuse_duplicate
 
+# The names of the files stored inside the outermost `removing_files_on_failure` block now running.
+_stored_files: ContextVar[list[str] | None] = ContextVar("stored_files", default=None)
 
-@transaction.atomic
+
+@contextmanager
+def removing_files_on_failure():
+    """Image files stored inside the block are deleted again if it raises: its transaction was rolled back
+    (or its commit failed, with the database gone), so no row points at them and they would lie there unseen.
+    Wrap the transaction, not the other way round, so that a failing commit is caught too. Nested blocks
+    share the outermost one's list: only it knows whether everything landed."""
+    if _stored_files.get() is not None:
+        yield
+        return
+    names: list[str] = []
+    token = _stored_files.set(names)
+    try:
+        yield
+    except BaseException:
+        for name in names:
+            with contextlib.suppress(OSError):
+                default_storage.delete(name)
+        raise
+    finally:
+        _stored_files.reset(token)
+
+
 def submit_image(case: Case, upload: File, user, captured_at: datetime | None = None) -> Analysis:
     """Store an (already validated) image on a case and queue its analysis.
 
     Raises UploadRejected if the case already holds the same image: validation said so too, but two uploads
     of one image at the same moment both pass it, so the check is made again here, with the case row locked
     until this transaction ends (SQLite serialises writers anyway)."""
-    list(Case.objects.select_for_update().filter(pk=case.pk).values_list("pk", flat=True))
-    image = LesionImage(case=case, uploaded_by=user, captured_at=captured_at)
-    image.attach(upload)
-    refuse_duplicate(case, image.sha256)
-    image.save()
-    return start_analysis(image)
+    with removing_files_on_failure(), transaction.atomic():
+        list(Case.objects.select_for_update().filter(pk=case.pk).values_list("pk", flat=True))
+        image = LesionImage(case=case, uploaded_by=user, captured_at=captured_at)
+        image.attach(upload)
+        refuse_duplicate(case, image.sha256)
+        image.save()
+        _stored_files.get().append(image.image.name)
+        return start_analysis(image)
 
 
 def start_analysis(image: LesionImage) -> Analysis:

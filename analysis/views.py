@@ -23,7 +23,7 @@ from analysis.access import clinic_for, for_clinic, get_for_clinic
 from analysis.forms import AnalysisFilterForm, AuditFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
 from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, triage_summary
-from analysis.services import submit_image
+from analysis.services import removing_files_on_failure, submit_image
 from analysis.uploads import UploadRejected
 from workers.tasks import request_report
 
@@ -253,7 +253,7 @@ def case_upload(request, pk: int):
         return _case_page(request, case, upload_form=form, status=400)
     # All the images or none: one transaction, and the analyses are sent only once it commits.
     try:
-        with transaction.atomic():
+        with removing_files_on_failure(), transaction.atomic():
             analyses = [
                 submit_image(case, upload, request.user, form.cleaned_data["captured_at"])
                 for upload in form.cleaned_data["images"]

@@ -25,3 +25,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
+
+# A database that is away is a 503 to retry wherever it fails, middleware included (analysis/middleware.py).
+handler500 = "analysis.middleware.server_error"

@@ -16,8 +16,10 @@ from unittest import mock
 
 import pytest
 from django.db import OperationalError
+from django.test import Client
 from django.urls import reverse
 
+from analysis import services
 from analysis.models import Analysis, LesionImage
 from tests import stack
 from tests.factories import CaseFactory, jpeg_upload
@@ -100,6 +102,66 @@ def test_a_form_upload_while_the_database_is_away_is_a_503_page_to_retry(client,
     assert response["Retry-After"] == "5"
     assert b"nothing was saved" in response.content
     assert not Analysis.objects.exists()
+
+
+def stored_files(settings) -> list[Path]:
+    return [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_multi_image_upload_cut_off_by_the_database_leaves_no_file_behind(client, staff, case, settings):
+    real = services.start_analysis
+    calls = []
+
+    def second_fails(image):
+        calls.append(image)
+        if len(calls) == 2:
+            raise DATABASE_GONE
+        return real(image)
+
+    client.force_login(staff)
+    with mock.patch.object(services, "start_analysis", side_effect=second_fails):
+        response = client.post(
+            reverse("case-upload", args=[case.pk]),
+            {"images": [jpeg_upload("a.jpg", (80, 64)), jpeg_upload("b.jpg", (96, 64))]},
+        )
+    assert response.status_code == 503
+    assert len(calls) == 2  # the first image was stored before the second failed
+    assert not LesionImage.objects.exists()
+    assert stored_files(settings) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_api_upload_whose_commit_fails_leaves_no_file_behind(staff, case, settings):
+    with mock.patch.object(services, "start_analysis", side_effect=DATABASE_GONE):
+        response = client_for(staff).post(
+            "/api/images/", {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))}, format="multipart"
+        )
+    assert response.status_code == 503
+    assert not LesionImage.objects.exists()
+    assert stored_files(settings) == []
+
+
+@pytest.mark.django_db
+def test_a_database_gone_before_any_view_runs_is_still_a_503_page_to_retry(staff):
+    client = Client(raise_request_exception=False)
+    client.force_login(staff)
+    # The clinic time zone middleware reads the user's clinic before the view: process_exception never sees it.
+    with mock.patch("analysis.middleware.clinic_for", side_effect=DATABASE_GONE):
+        response = client.get(reverse("patient-list"))
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert b"nothing was saved" in response.content
+
+
+@pytest.mark.django_db
+def test_any_other_server_error_is_still_a_plain_500(staff):
+    client = Client(raise_request_exception=False)
+    client.force_login(staff)
+    with mock.patch("analysis.middleware.clinic_for", side_effect=RuntimeError("a bug")):
+        response = client.get(reverse("patient-list"))
+    assert response.status_code == 500
+    assert "Retry-After" not in response
 
 
 def test_the_sweeper_goes_on_after_failed_passes_and_a_failing_close(settings):
