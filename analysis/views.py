@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -20,7 +21,15 @@ from django.views.decorators.http import require_POST
 
 from analysis import audit
 from analysis.access import clinic_for, for_clinic, get_for_clinic
-from analysis.forms import AnalysisFilterForm, AuditFilterForm, CaseNotesForm, NewCaseForm, PatientForm, UploadForm
+from analysis.forms import (
+    AnalysisFilterForm,
+    AuditFilterForm,
+    CaseNotesForm,
+    NewCaseForm,
+    PatientForm,
+    ThrottledPasswordChangeForm,
+    UploadForm,
+)
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
 from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, triage_summary
 from analysis.services import removing_files_on_failure, submit_image
@@ -394,3 +403,12 @@ def audit_log(request):
         "audit/list.html",
         {"page": _page(request, events, AUDIT_PAGE_SIZE), "filters": filters, "qs": query.urlencode()},
     )
+
+
+class PasswordChange(auth_views.PasswordChangeView):
+    """The "Change password" page, its old password counted by sign-in throttling (see the form)."""
+
+    form_class = ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self):
+        return super().get_form_kwargs() | {"request": self.request}

@@ -22,6 +22,8 @@ urlpatterns = [
     path("analyses/<int:pk>/heatmap.png", views.analysis_heatmap, name="analysis-heatmap"),
     path("audit/", views.audit_log, name="audit-log"),
     path("api/", include("analysis.api_urls")),
+    # Before Django's own, which it replaces: the old password is checked through sign-in throttling.
+    path("accounts/password_change/", views.PasswordChange.as_view(), name="password_change"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from axes.models import AccessAttempt
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -34,6 +35,15 @@ def signed_in(client) -> bool:
 
 def fail_times(n: int, attempt, *args) -> list[int]:
     return [attempt(*args).status_code for _ in range(n)]
+
+
+def change_password(client, old_password: str, address: str = "10.0.0.1"):
+    new = "a much better passphrase 42"
+    return client.post(
+        reverse("password_change"),
+        {"old_password": old_password, "new_password1": new, "new_password2": new},
+        REMOTE_ADDR=address,
+    )
 
 
 # The sign-in form
@@ -195,3 +205,30 @@ def test_a_token_request_leaves_no_session_behind(api, staff):
 
     assert response.status_code == 200
     assert "sessionid" not in response.cookies
+
+
+# The password change form: a stolen session must not guess the password at leisure
+
+
+def test_wrong_old_passwords_on_the_change_form_count_and_lock_like_failed_sign_ins(client, staff):
+    client.force_login(staff)
+    assert fail_times(4, change_password, client, "wrong") == [200] * 4  # the form again, with its error
+    assert change_password(client, "wrong").status_code == 429
+
+    refused = change_password(client, PASSWORD)
+
+    assert refused.status_code == 429
+    staff.refresh_from_db()
+    assert staff.check_password(PASSWORD)  # unchanged
+    assert sign_in(Client(), "staff", PASSWORD).status_code == 429  # the sign-in form is locked as well
+
+
+def test_the_right_old_password_still_changes_it(client, staff):
+    client.force_login(staff)
+    change_password(client, "wrong")
+
+    response = change_password(client, PASSWORD)
+
+    assert response["Location"] == reverse("password_change_done")
+    staff.refresh_from_db()
+    assert staff.check_password("a much better passphrase 42")
