@@ -13,7 +13,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import InterfaceError, OperationalError
-from django.http import FileResponse
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -22,7 +21,7 @@ from rest_framework import mixins, renderers, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -34,11 +33,9 @@ from analysis.classes import CLASS_CODES
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
-from analysis.reports import file_name
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
-from analysis.views import PRIVATE_FILE_HEADERS, lockout_message
-from workers.tasks import request_report
+from analysis.views import heatmap_response, lockout_message, report_response
 
 # Room for the multipart boundaries and the small fields around one image at the size limit.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -498,7 +495,8 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
     filterset_class = AnalysisFilter
 
     def get_queryset(self):
-        return for_clinic(self.request.user, Analysis).select_related("image__case")
+        # The patient and clinic too: a report's file name is made of them.
+        return for_clinic(self.request.user, Analysis).select_related("image__case__patient__clinic")
 
     @extend_schema(
         responses=file_responses(
@@ -508,20 +506,7 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, renderer_classes=[renderers.JSONRenderer, PDFRenderer])
     def report(self, request, pk=None, format=None):  # format: the router's suffix route (report.pdf)
         """The PDF report; 404 until the worker has written it (a done analysis without one asks for it)."""
-        analysis = self.get_object()
-        if not analysis.has_report:
-            if analysis.status == Analysis.Status.DONE:
-                request_report(analysis.pk)
-            raise NotFound("This report has not been produced yet.")
-        analysis = Analysis.objects.select_related("image__case__patient__clinic").get(pk=analysis.pk)
-        audit.record(request, audit.Action.DOWNLOADED, analysis, object_type=audit.ObjectType.REPORT)
-        return FileResponse(
-            analysis.report.open("rb"),
-            as_attachment=True,
-            filename=file_name(analysis),
-            content_type="application/pdf",
-            headers=PRIVATE_FILE_HEADERS,
-        )
+        return report_response(request, self.get_object())
 
     @extend_schema(
         responses=file_responses(
@@ -533,11 +518,7 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, renderer_classes=[renderers.JSONRenderer, PNGRenderer])
     def heatmap(self, request, pk=None, format=None):  # format: the router's suffix route (heatmap.png)
         """The Grad-CAM heatmap of the predicted class over the image (PNG); 404 until the analysis is done."""
-        analysis = self.get_object()
-        if not analysis.has_heatmap:
-            raise NotFound("This analysis has no heatmap.")
-        audit.record(request, audit.Action.VIEWED, analysis, object_type=audit.ObjectType.HEATMAP)
-        return FileResponse(analysis.heatmap.open("rb"), content_type="image/png", headers=PRIVATE_FILE_HEADERS)
+        return heatmap_response(request, self.get_object())
 
 
 # The audit trail

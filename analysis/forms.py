@@ -125,11 +125,7 @@ class AnalysisFilterForm(forms.Form):
         if not self.is_valid():
             return qs
         data = self.cleaned_data
-        # Whole days in the current time zone, as a range on the column itself so its index serves.
-        if data["date_from"]:
-            qs = qs.filter(created_at__gte=_start_of(data["date_from"]))
-        if data["date_to"]:
-            qs = qs.filter(created_at__lt=_start_of(data["date_to"] + timedelta(days=1)))
+        qs = within_days(qs, "created_at", data["date_from"], data["date_to"])
         if data["predicted_class"]:
             qs = qs.filter(predicted_class=data["predicted_class"])
         if data["status"]:
@@ -174,11 +170,17 @@ class AuditFilterForm(forms.Form):
             qs = qs.filter(object_type=data["object_type"])
         if data["patient"]:
             qs = qs.filter(patient_id=data["patient"])
-        if data["date_from"]:
-            qs = qs.filter(at__gte=_start_of(data["date_from"]))
-        if data["date_to"]:
-            qs = qs.filter(at__lt=_start_of(data["date_to"] + timedelta(days=1)))
-        return qs
+        return within_days(qs, "at", data["date_from"], data["date_to"])
+
+
+def within_days(qs, field: str, first: date | None, last: date | None):
+    """Rows whose `field` falls on the days from `first` to `last` (both included, either may be open), whole
+    days in the current time zone, as a range on the column itself so its index serves."""
+    if first:
+        qs = qs.filter(**{f"{field}__gte": _start_of(first)})
+    if last:
+        qs = qs.filter(**{f"{field}__lt": _start_of(last + timedelta(days=1))})
+    return qs
 
 
 def _start_of(day: date) -> datetime:

@@ -298,13 +298,38 @@ def image_file(request, pk: int):
     return response
 
 
-@login_required
-def analysis_heatmap(request, pk: int):
-    """The Grad-CAM heatmap of an analysis over its image, for staff of its clinic only."""
-    analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case"), pk=pk)
+def heatmap_response(request, analysis: Analysis) -> FileResponse:
+    """An analysis's Grad-CAM heatmap, recorded in the audit trail; 404 until it exists. The page and the API
+    both serve it through here, with the analysis already scoped to the caller's clinic."""
     response = _private_file(analysis.heatmap, "This analysis has no heatmap.")
     audit.record(request, audit.Action.VIEWED, analysis, object_type=audit.ObjectType.HEATMAP)
     return response
+
+
+def report_response(request, analysis: Analysis) -> FileResponse:
+    """An analysis's PDF report as a download, recorded in the audit trail; 404 until the worker has written it
+    (a done analysis without one, never written or its file lost, asks the workers for it). The page and the
+    API both serve it through here; `analysis` comes with its patient and clinic (the file name needs them)."""
+    if not analysis.has_report:
+        if analysis.status == Analysis.Status.DONE:
+            request_report(analysis.pk)
+        raise Http404("This report has not been produced yet.")
+    audit.record(request, audit.Action.DOWNLOADED, analysis, object_type=audit.ObjectType.REPORT)
+    return FileResponse(
+        analysis.report.open("rb"),
+        as_attachment=True,
+        filename=file_name(analysis),
+        content_type="application/pdf",
+        headers=PRIVATE_FILE_HEADERS,
+    )
+
+
+@login_required
+def analysis_heatmap(request, pk: int):
+    """The Grad-CAM heatmap of an analysis over its image, for staff of its clinic only."""
+    return heatmap_response(
+        request, get_for_clinic(request.user, Analysis.objects.select_related("image__case"), pk=pk)
+    )
 
 
 @login_required
@@ -366,18 +391,7 @@ def analysis_status(request, pk: int):
 def analysis_report(request, pk: int):
     """The PDF report of one analysis, for staff of its clinic only; 404 until the worker has written it."""
     analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient__clinic"), pk=pk)
-    if not analysis.has_report:
-        if analysis.status == Analysis.Status.DONE:
-            request_report(analysis.pk)  # lost or never written: the worker produces it (again)
-        raise Http404("This report has not been produced yet.")
-    audit.record(request, audit.Action.DOWNLOADED, analysis, object_type=audit.ObjectType.REPORT)
-    return FileResponse(
-        analysis.report.open("rb"),
-        as_attachment=True,
-        filename=file_name(analysis),
-        content_type="application/pdf",
-        headers=PRIVATE_FILE_HEADERS,
-    )
+    return report_response(request, analysis)
 
 
 def _changed(form) -> str:

@@ -17,7 +17,6 @@ from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.apps import apps
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
-from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -34,12 +33,12 @@ from tests.factories import (
     MembershipFactory,
     PatientFactory,
     UserFactory,
+    finish,
     jpeg_upload,
 )
 
 pytestmark = pytest.mark.django_db
 
-PROBABILITIES = {"akiec": 0.02, "bcc": 0.03, "bkl": 0.05, "df": 0.01, "mel": 0.81, "nv": 0.07, "vasc": 0.01}
 
 ANONYMOUS, STAFF, OUTSIDER, CLINIC_ADMIN, SUPERUSER = "anonymous", "staff A", "staff B", "clinic admin A", "superuser"
 ROLES = [ANONYMOUS, STAFF, OUTSIDER, CLINIC_ADMIN, SUPERUSER]
@@ -151,11 +150,7 @@ def clinic_world(name: str) -> SimpleNamespace:
     patient = PatientFactory(clinic=clinic, name=f"Patient Of Clinic {name}", mrn=f"MRN-{name}-0001")
     case = CaseFactory(patient=patient, clinician=staff, clinical_notes=f"notes of clinic {name}")
     image = LesionImageFactory(case=case, uploaded_by=staff)
-    analysis = AnalysisFactory(image=image)
-    Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "test-model-1", heatmap_png=png_bytes())
-    analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 a report"))
+    analysis = finish(AnalysisFactory(image=image), heatmap_png=png_bytes(), report=True)
     return SimpleNamespace(
         clinic=clinic, staff=staff, admin=admin, patient=patient, case=case, image=image, analysis=analysis
     )

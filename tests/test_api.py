@@ -16,7 +16,15 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from analysis.models import Analysis, Case, LesionImage, Patient
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, UserFactory, jpeg_upload
+from tests.factories import (
+    AnalysisFactory,
+    CaseFactory,
+    LesionImageFactory,
+    PatientFactory,
+    UserFactory,
+    finish,
+    jpeg_upload,
+)
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -57,10 +65,7 @@ def analysis(case):
 
 
 def done(analysis: Analysis, probabilities=PROBABILITIES) -> Analysis:
-    Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(probabilities, "test-model-1")
-    return analysis
+    return finish(analysis, probabilities)
 
 
 # Token

@@ -5,7 +5,6 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
-from django.core.files.base import ContentFile
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -14,19 +13,19 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from analysis.models import Analysis, AppendOnlyError, AuditEvent, Membership, Patient
+from analysis.models import AppendOnlyError, AuditEvent, Membership, Patient
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
     LesionImageFactory,
     MembershipFactory,
     UserFactory,
+    finish,
     jpeg_upload,
 )
 
 pytestmark = pytest.mark.django_db
 
-PROBABILITIES = {"akiec": 0.02, "bcc": 0.03, "bkl": 0.05, "df": 0.01, "mel": 0.81, "nv": 0.07, "vasc": 0.01}
 BROWSER = {"HTTP_USER_AGENT": "Mozilla/5.0 (tablet in room 3)", "REMOTE_ADDR": "192.0.2.7"}
 
 
@@ -38,12 +37,7 @@ def case(patient, staff):
 @pytest.fixture
 def analysis(case, staff):
     """A done analysis with its report written."""
-    analysis = AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff))
-    Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "test-model-1")
-    analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 a report"))
-    return analysis
+    return finish(AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)), report=True)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from analysis import reports
 from analysis.models import Analysis
 from ml import triage
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory
+from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -50,9 +50,7 @@ def finished(
     case, staff, malignant_share: float, flags=(), png: bytes | None = None, version: str = "v-test"
 ) -> Analysis:
     analysis = AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff))
-    assert Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(probabilities_with_malignant(malignant_share), version, quality_flags=flags, heatmap_png=png)
+    finish(analysis, probabilities_with_malignant(malignant_share), version, quality_flags=flags, heatmap_png=png)
     return Analysis.objects.get(pk=analysis.pk)
 
 

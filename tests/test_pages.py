@@ -11,12 +11,10 @@ from django.urls import reverse
 from PIL import Image
 
 from analysis.models import Analysis, Case, LesionImage, Patient
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, jpeg_upload
+from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, finish, jpeg_upload
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
-
-PROBABILITIES = {"akiec": 0.02, "bcc": 0.03, "bkl": 0.05, "df": 0.01, "mel": 0.81, "nv": 0.07, "vasc": 0.01}
 
 
 @pytest.fixture
@@ -31,10 +29,7 @@ def analysis(case, staff):
 
 @pytest.fixture
 def done_analysis(analysis):
-    assert Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "test-model-1")
-    return analysis
+    return finish(analysis)
 
 
 def page_urls(patient, case, analysis) -> dict[str, str]:
@@ -334,9 +329,7 @@ def test_the_status_endpoint_follows_the_analysis(client, staff, analysis):
         "finished": False,
         "report_url": None,
     }
-    Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "v1")
+    finish(analysis)
     data = client.get(url).json()
     assert (data["status"], data["finished"]) == ("done", True)
 

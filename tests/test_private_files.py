@@ -3,18 +3,15 @@ hold it, and the views that stream a file check the clinic and tell every cache 
 
 import pytest
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.views import static
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from analysis.models import Analysis, LesionImage
-from tests.factories import CaseFactory, jpeg_upload
+from analysis.models import LesionImage
+from tests.factories import CaseFactory, finish, jpeg_upload
 
 pytestmark = pytest.mark.django_db
-
-PROBABILITIES = {"akiec": 0.02, "bcc": 0.03, "bkl": 0.05, "df": 0.01, "mel": 0.81, "nv": 0.07, "vasc": 0.01}
 
 
 @pytest.fixture
@@ -24,11 +21,7 @@ def uploaded(client, staff, patient) -> LesionImage:
     client.force_login(staff)
     client.post(reverse("case-upload", args=[case.pk]), {"images": jpeg_upload("lesion.jpg", (200, 150))})
     image = LesionImage.objects.get()
-    analysis = image.analyses.get()
-    Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "test-model-1")
-    analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 a report"))
+    finish(image.analyses.get(), report=True)
     return image
 
 

@@ -16,7 +16,7 @@ from pypdf import PdfReader
 from analysis import reports
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory
+from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -38,10 +38,7 @@ def done_analysis(staff, patient, settings, tmp_path):
     clinic.name, clinic.time_zone = "Praxis Nord", "Europe/Vienna"
     clinic.save()
     image = LesionImageFactory(case=CaseFactory(patient=patient, clinician=staff, body_site="back"), uploaded_by=staff)
-    analysis = AnalysisFactory(image=image)
-    assert Analysis.claim(analysis.pk)
-    analysis.refresh_from_db()
-    analysis.finish(PROBABILITIES, "mnv2-test-version")
+    analysis = finish(AnalysisFactory(image=image), PROBABILITIES, "mnv2-test-version")
     card = tmp_path / "metrics.json"
     card.write_text(
         json.dumps(
