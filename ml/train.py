@@ -57,6 +57,14 @@ class Recipe:
     dropout: float = 0.4
     patience: int = 4
     select_on: str | None = "macro_auc"  # None: keep the last epoch
+    # From this epoch on, the candidate kept is the running mean of the weights after each epoch (stochastic
+    # weight averaging): one model, served at the same cost, that sits in a flatter, steadier place than any
+    # single epoch. None: single epochs. Batch norm is frozen, so the mean needs no statistics recomputed.
+    average_from: int | None = None
+    final_learning_rate: float = 0.0  # the cosine decay's floor, as a fraction of the peak
+    # Mixup on the cached activations (manifold mixup at the cut): each batch is blended with a shuffled copy
+    # of itself, weight lambda ~ Beta(mixup, mixup), labels and sample weights blended alike. 0: off.
+    mixup: float = 0.0
     adjust_and_calibrate: bool = True
     min_val_accuracy: float = 0.80
     min_val_melanoma_recall: float = 0.70
@@ -92,6 +100,26 @@ def class_weights(labels: np.ndarray, power: float) -> np.ndarray:
     counts = np.maximum(np.bincount(labels, minlength=len(CLASSES)), 1).astype(float)
     weights = (counts.sum() / counts) ** power
     return weights[labels] / weights[labels].mean()
+
+
+def running_mean(average: list | None, weights: list, count: int) -> list:
+    """The mean of ``count`` weight lists, given the mean of the first ``count - 1`` and the last one."""
+    if average is None:
+        return [np.copy(w) for w in weights]
+    return [a + (w - a) / count for a, w in zip(average, weights, strict=True)]
+
+
+def mix(x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator, alpha: float):
+    """Blend a batch with a shuffled copy of itself: one lambda ~ Beta(alpha, alpha) per example."""
+    lam = rng.beta(alpha, alpha, len(x)).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)  # the first example stays the larger part
+    other = rng.permutation(len(x))
+    lx = lam.reshape(-1, *[1] * (x.ndim - 1))
+    return (
+        lx * x + (1 - lx) * x[other],
+        lam[:, None] * y + (1 - lam[:, None]) * y[other],
+        lam * w + (1 - lam) * w[other],
+    )
 
 
 def sha256(path: Path) -> str:
@@ -152,7 +180,7 @@ def train(
         decay_steps=max(steps * recipe.epochs - warmup, 1),
         warmup_target=recipe.learning_rate if warmup else None,
         warmup_steps=warmup,
-        alpha=0.0 if recipe.select_on else 1.0,
+        alpha=recipe.final_learning_rate if recipe.select_on else 1.0,
     )
     if not recipe.select_on:  # the paper: constant learning rate
         schedule = recipe.learning_rate
@@ -165,6 +193,7 @@ def train(
 
     rng = np.random.default_rng(recipe.seed)
     history, best, best_weights, stale = [], -np.inf, None, 0
+    average, averaged = None, 0
     for epoch in range(1, recipe.epochs + 1):
         t0 = time.time()
         order = rng.permutation(len(y_train))
@@ -173,14 +202,28 @@ def train(
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{recipe.epochs}", unit="step", mininterval=10)
         for s in bar:
             idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
-            x = train_inputs[copy[idx], idx].astype(np.float32)
-            losses.append(float(trained.train_on_batch(x, one_hot[y_train[idx]], sample_weight=sample_weight[idx])))
+            x, y, w = train_inputs[copy[idx], idx].astype(np.float32), one_hot[y_train[idx]], sample_weight[idx]
+            if recipe.mixup:
+                x, y, w = mix(x, y, w, rng, recipe.mixup)
+            losses.append(float(trained.train_on_batch(x, y, sample_weight=w)))
             if s % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
+        candidate = model.get_weights()
+        if recipe.average_from and epoch >= recipe.average_from:
+            if not averaged:  # from here on the candidates are averages: a single early epoch is not kept
+                best, best_weights, stale = -np.inf, None, 0
+            averaged += 1
+            average = running_mean(average, candidate, averaged)
+            model.set_weights(average)  # judged on val as the average; training goes on from the last epoch
+            val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
+            model.set_weights(candidate)
+            candidate = average
+        else:
+            val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
         m = summary(y_val, val_probs)
         row = {
             "epoch": epoch,
+            "averaged_epochs": averaged,
             "train_loss": float(np.mean(losses)),
             "val_loss": float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean()),
             **{k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")},
@@ -190,7 +233,7 @@ def train(
         log.info("epoch %s", json.dumps(row))
         if recipe.select_on:
             if row[recipe.select_on] > best:
-                best, best_weights, stale = row[recipe.select_on], model.get_weights(), 0
+                best, best_weights, stale = row[recipe.select_on], [np.copy(w) for w in candidate], 0
             else:
                 stale += 1
                 if stale >= recipe.patience:

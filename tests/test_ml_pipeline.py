@@ -61,13 +61,14 @@ def tiny_run(tmp_path_factory):
         input_size=(64, 64),
         alpha=0.35,
         units=16,
-        epochs=6,
+        epochs=10,  # six were too few on some CPUs: the loss had barely left log(7)
         batch_size=8,
         copies=2,
         learning_rate=3e-3,
         label_smoothing=0.0,
         dropout=0.3,
         patience=10,
+        average_from=6,
         freeze_batch_norm=False,  # from random init the batch statistics are all the scale there is
         cut="block_2_add",  # a random lower part shrinks activations: cut early, train the rest
         trainable_from="block_3_expand",
@@ -81,6 +82,41 @@ def test_training_loop_runs_and_loss_falls(tiny_run):
     assert len(history) >= 3
     # The best later epoch, not the last: with a tiny batch and a cosine schedule the last epoch can bounce.
     assert min(epoch["train_loss"] for epoch in history[1:]) < history[0]["train_loss"] * 0.8
+
+
+def test_weight_averaging_starts_at_its_epoch_and_counts_every_later_one(tiny_run):
+    history = tiny_run["result"]["history"]
+    start = tiny_run["result"]["recipe"]["average_from"]
+    assert start is not None and start < len(history)
+    assert [row["averaged_epochs"] for row in history] == [max(0, row["epoch"] - start + 1) for row in history]
+
+
+def test_running_mean_of_weights_is_the_mean_of_every_epoch():
+    from ml.train import running_mean
+
+    epochs = [[np.full((2, 3), float(k)), np.arange(4.0) * k] for k in (1, 2, 6)]
+    average = None
+    for count, weights in enumerate(epochs, start=1):
+        average = running_mean(average, weights, count)
+    np.testing.assert_allclose(average[0], np.full((2, 3), 3.0))
+    np.testing.assert_allclose(average[1], np.arange(4.0) * 3)
+    assert average[0] is not epochs[0][0]  # the first epoch's arrays are copied, not aliased
+
+
+def test_mixup_blends_inputs_labels_and_weights_with_the_same_partner_and_share():
+    from ml.train import mix
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % len(CLASSES)
+    y = np.eye(len(CLASSES), dtype=np.float32)[labels]
+    x = y.reshape(32, 1, 1, len(CLASSES)).repeat(2, axis=1)  # inputs that encode their own label
+    w = labels.astype(np.float32) + 1
+    mx, my, mw = mix(x, y, w, rng, 0.4)
+    np.testing.assert_allclose(mx[:, 0, 0], my, atol=1e-6)  # the same blend of the same partner
+    np.testing.assert_allclose(my.sum(axis=1), 1.0, atol=1e-6)
+    assert np.all(my[np.arange(32), labels] >= 0.5 - 1e-6)  # an example stays the larger part of its blend
+    np.testing.assert_allclose(mw, my @ (np.arange(len(CLASSES), dtype=np.float32) + 1), rtol=1e-5)
+    assert not np.allclose(my, y)  # something was blended
 
 
 def test_training_writes_model_files_and_metadata(tiny_run):
