@@ -193,7 +193,7 @@ def model_card(meta: dict, metrics: dict) -> str:
         f"- Recipe `{recipe['name']}`: layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
         f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour); "
         f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
-        f"warm-up and cosine decay; up to {recipe['epochs']} epochs of batch {recipe['batch_size']}, "
+        f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to {recipe['epochs']} epochs of batch {recipe['batch_size']}, "
         + (
             f"mixup on the cached activations (Beta({recipe['mixup']}, {recipe['mixup']})), "
             if recipe.get("mixup")
@@ -201,7 +201,9 @@ def model_card(meta: dict, metrics: dict) -> str:
         )
         + (
             f"from epoch {recipe['average_from']} on the running mean of the weights after each epoch (stochastic "
-            f"weight averaging) as the candidate, the candidate with the best val {recipe['select_on']} kept."
+            f"weight averaging) as the candidate, the candidate with the "
+            + ("lowest val loss" if recipe["select_on"] == "val_loss" else f"best val {recipe['select_on']}")
+            + " kept."
             if recipe.get("average_from")
             else f"the epoch with the best val {recipe['select_on']} kept (early-stopping patience {recipe['patience']})."
         ),

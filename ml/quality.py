@@ -31,7 +31,6 @@ from PIL import Image
 from scipy import ndimage
 
 from . import paths
-from .preprocess import INPUT_SIZE
 
 log = logging.getLogger("ml.quality")
 
@@ -52,8 +51,13 @@ MESSAGES: dict[str, str] = {
 STAT_NAMES = ("short_side", "brightness", "contrast", "sharpness", "fine_detail", "colourfulness")
 
 
-def image_stats(image: Image.Image, size: tuple[int, int] = INPUT_SIZE) -> dict[str, float]:
-    """Cheap statistics of an RGB image as the model sees it (resized to ``size``, height x width).
+# The cheap checks look at an image at about the HAM10000 images' own scale (200x150), whatever the model's input
+# size: upsampled to a larger input, every image looks blurred alike and a blurred upload no longer stands out.
+STATS_SIZE: tuple[int, int] = (160, 224)
+
+
+def image_stats(image: Image.Image, size: tuple[int, int] = STATS_SIZE) -> dict[str, float]:
+    """Cheap statistics of an RGB image resized to ``size`` (height x width).
 
     brightness and contrast: mean and standard deviation of luminance in [0, 1]. sharpness: the standard
     deviation of the Laplacian of luminance divided by the luminance's own standard deviation, so a
@@ -203,7 +207,7 @@ def extract(grad_cam, images: list, batch: int = 32, desc: str = "") -> tuple[li
 
     def load(item):
         image = load_image(item)
-        return image_stats(image, grad_cam.input_size), to_array(image, grad_cam.input_size)
+        return image_stats(image), to_array(image, grad_cam.input_size)
 
     stats, features = [], []
     with ThreadPoolExecutor(max_workers=2) as pool:
