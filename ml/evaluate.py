@@ -195,11 +195,6 @@ def model_card(meta: dict, metrics: dict) -> str:
         f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
         f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to {recipe['epochs']} epochs of batch {recipe['batch_size']}, "
         + (
-            f"mixup on the cached activations (Beta({recipe['mixup']}, {recipe['mixup']})), "
-            if recipe.get("mixup")
-            else ""
-        )
-        + (
             f"from epoch {recipe['average_from']} on the running mean of the weights after each epoch (stochastic "
             f"weight averaging) as the candidate, the candidate with the "
             + ("lowest val loss" if recipe["select_on"] == "val_loss" else f"best val {recipe['select_on']}")

@@ -62,9 +62,6 @@ class Recipe:
     # single epoch. None: single epochs. Batch norm is frozen, so the mean needs no statistics recomputed.
     average_from: int | None = 6
     final_learning_rate: float = 0.1  # the cosine decay's floor, as a fraction of the peak
-    # Mixup on the cached activations (manifold mixup at the cut): each batch is blended with a shuffled copy
-    # of itself, weight lambda ~ Beta(mixup, mixup), labels and sample weights blended alike. 0: off.
-    mixup: float = 0.0
     adjust_and_calibrate: bool = True
     min_val_accuracy: float = 0.80
     min_val_melanoma_recall: float = 0.70
@@ -110,19 +107,6 @@ def running_mean(average: list | None, weights: list, count: int) -> list:
     if average is None:
         return [np.copy(w) for w in weights]
     return [a + (w - a) / count for a, w in zip(average, weights, strict=True)]
-
-
-def mix(x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator, alpha: float):
-    """Blend a batch with a shuffled copy of itself: one lambda ~ Beta(alpha, alpha) per example."""
-    lam = rng.beta(alpha, alpha, len(x)).astype(np.float32)
-    lam = np.maximum(lam, 1 - lam)  # the first example stays the larger part
-    other = rng.permutation(len(x))
-    lx = lam.reshape(-1, *[1] * (x.ndim - 1))
-    return (
-        lx * x + (1 - lx) * x[other],
-        lam[:, None] * y + (1 - lam[:, None]) * y[other],
-        lam * w + (1 - lam) * w[other],
-    )
 
 
 def sha256(path: Path) -> str:
@@ -205,10 +189,8 @@ def train(
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{recipe.epochs}", unit="step", mininterval=10)
         for s in bar:
             idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
-            x, y, w = train_inputs[copy[idx], idx].astype(np.float32), one_hot[y_train[idx]], sample_weight[idx]
-            if recipe.mixup:
-                x, y, w = mix(x, y, w, rng, recipe.mixup)
-            losses.append(float(trained.train_on_batch(x, y, sample_weight=w)))
+            x = train_inputs[copy[idx], idx].astype(np.float32)
+            losses.append(float(trained.train_on_batch(x, one_hot[y_train[idx]], sample_weight=sample_weight[idx])))
             if s % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         candidate = model.get_weights()

@@ -103,22 +103,6 @@ def test_running_mean_of_weights_is_the_mean_of_every_epoch():
     assert average[0] is not epochs[0][0]  # the first epoch's arrays are copied, not aliased
 
 
-def test_mixup_blends_inputs_labels_and_weights_with_the_same_partner_and_share():
-    from ml.train import mix
-
-    rng = np.random.default_rng(0)
-    labels = np.arange(32) % len(CLASSES)
-    y = np.eye(len(CLASSES), dtype=np.float32)[labels]
-    x = y.reshape(32, 1, 1, len(CLASSES)).repeat(2, axis=1)  # inputs that encode their own label
-    w = labels.astype(np.float32) + 1
-    mx, my, mw = mix(x, y, w, rng, 0.4)
-    np.testing.assert_allclose(mx[:, 0, 0], my, atol=1e-6)  # the same blend of the same partner
-    np.testing.assert_allclose(my.sum(axis=1), 1.0, atol=1e-6)
-    assert np.all(my[np.arange(32), labels] >= 0.5 - 1e-6)  # an example stays the larger part of its blend
-    np.testing.assert_allclose(mw, my @ (np.arange(len(CLASSES), dtype=np.float32) + 1), rtol=1e-5)
-    assert not np.allclose(my, y)  # something was blended
-
-
 def test_training_writes_model_files_and_metadata(tiny_run):
     model_dir = tiny_run["model_dir"]
     meta = json.loads((model_dir / "skinsite.json").read_text())
