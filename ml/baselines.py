@@ -27,13 +27,10 @@ from . import data, features, paths  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import softmax, summary  # noqa: E402
 from .model import build_classifier, split_model  # noqa: E402
-from .preprocess import preprocess  # noqa: E402
+from .preprocess import HAM_SCALE, preprocess  # noqa: E402
 
 log = logging.getLogger("ml.baselines")
-CUT = "block_9_add"
-# The frozen-feature rows are measured at the HAM10000 images' own scale (200x150 -> 224x160), whatever input
-# size the served model uses, so they stay fixed reference rows.
-SIZE = (160, 224)
+CUT = "block_9_add"  # measured at HAM_SCALE: fixed reference rows, whatever input the served model takes
 
 
 def always_nv(y_test: np.ndarray) -> dict:
@@ -44,14 +41,14 @@ def always_nv(y_test: np.ndarray) -> dict:
 
 def frozen_features(frame, weights: Path, cache_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Global-average-pooled MobileNetV2 features (ImageNet weights, no fine-tuning) of the plain images."""
-    model = build_classifier(weights, SIZE)
+    model = build_classifier(weights, HAM_SCALE)
     lower = split_model(model, CUT)[0]
     to_pool = split_model(model, CUT, until="pool")[1]
     lower_fn = tf.function(lambda x, training=False: lower(x, training=False))
-    cache = cache_dir / features.cache_key(CUT, SIZE, seed)
+    cache = cache_dir / features.cache_key(CUT, HAM_SCALE, seed)
     out = {}
     for part in ("train", "test"):
-        acts = features.cached(lower_fn, frame, part, 0, seed, SIZE, cache)
+        acts = features.cached(lower_fn, frame, part, 0, seed, HAM_SCALE, cache)
         out[part] = np.concatenate(
             [
                 to_pool(np.asarray(acts[i : i + 256], np.float32), training=False).numpy()

@@ -118,6 +118,20 @@ def fmt(value) -> str:
     return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
+def selection(meta: dict) -> str:
+    """How the kept weights were chosen, in words, from the recipe and the kept epoch in the model's JSON."""
+    recipe, kept = meta["recipe"], meta.get("kept_epoch")
+    best = "lowest val loss" if recipe["select_on"] == "val_loss" else f"best val {recipe['select_on']}"
+    start = recipe.get("average_from")
+    if not start:
+        return f"the epoch with the {best} kept (early-stopping patience {recipe['patience']})"
+    kept_words = f": the average of epochs {start}-{kept}" if kept else ""
+    return (
+        f"from epoch {start} on, the running mean of the weights after each epoch (stochastic weight averaging) is "
+        f"the candidate, and the candidate with the {best} is kept{kept_words}"
+    )
+
+
 def model_card(meta: dict, metrics: dict) -> str:
     test, val = metrics["test"], metrics["val"]
     recipe = meta["recipe"]
@@ -193,15 +207,8 @@ def model_card(meta: dict, metrics: dict) -> str:
         f"- Recipe `{recipe['name']}`: layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
         f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour); "
         f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
-        f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to {recipe['epochs']} epochs of batch {recipe['batch_size']}, "
-        + (
-            f"from epoch {recipe['average_from']} on the running mean of the weights after each epoch (stochastic "
-            f"weight averaging) as the candidate, the candidate with the "
-            + ("lowest val loss" if recipe["select_on"] == "val_loss" else f"best val {recipe['select_on']}")
-            + " kept."
-            if recipe.get("average_from")
-            else f"the epoch with the best val {recipe['select_on']} kept (early-stopping patience {recipe['patience']})."
-        ),
+        f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to "
+        f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; {selection(meta)}.",
     ]
     if "logit_adjustment" in meta:
         la = meta["logit_adjustment"]

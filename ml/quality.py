@@ -31,6 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from . import paths
+from .preprocess import HAM_SCALE
 
 log = logging.getLogger("ml.quality")
 
@@ -51,13 +52,11 @@ MESSAGES: dict[str, str] = {
 STAT_NAMES = ("short_side", "brightness", "contrast", "sharpness", "fine_detail", "colourfulness")
 
 
-# The cheap checks look at an image at about the HAM10000 images' own scale (200x150), whatever the model's input
-# size: upsampled to a larger input, every image looks blurred alike and a blurred upload no longer stands out.
-STATS_SIZE: tuple[int, int] = (160, 224)
-
-
-def image_stats(image: Image.Image, size: tuple[int, int] = STATS_SIZE) -> dict[str, float]:
+def image_stats(image: Image.Image, size: tuple[int, int] = HAM_SCALE) -> dict[str, float]:
     """Cheap statistics of an RGB image resized to ``size`` (height x width).
+
+    At the images' own scale, whatever the model's input size: upsampled to a larger input, every image looks
+    blurred alike and a blurred upload no longer stands out.
 
     brightness and contrast: mean and standard deviation of luminance in [0, 1]. sharpness: the standard
     deviation of the Laplacian of luminance divided by the luminance's own standard deviation, so a

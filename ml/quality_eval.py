@@ -23,8 +23,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from . import paths
-from .preprocess import load_image
-from .quality import GATE_FILE_NAME, MESSAGES, STATS_SIZE, QualityGate, cached_extract, extract
+from .preprocess import HAM_SCALE, load_image
+from .quality import GATE_FILE_NAME, MESSAGES, QualityGate, cached_extract, extract
 
 log = logging.getLogger("ml.quality")
 
@@ -321,9 +321,9 @@ def evaluate(frame: pd.DataFrame) -> dict:
 def describe(gate: QualityGate, fit_report: dict) -> str:
     margin, fine = fit_report.get("margin", "?"), fit_report.get("fine_detail_margin", "?")
     return (
-        "Runs in the worker on every upload, in the Grad-CAM pass. Cheap checks on the image at about the HAM10000 scale "
-        f"(resized to {STATS_SIZE[1]}x{STATS_SIZE[0]}, whatever the model's input size): shorter side under {gate.min_short_side:.0f} px (of the upload); luminance standard "
-        f"deviation under {gate.min_contrast:.3f} (almost uniform); mean luminance under {gate.min_brightness:.3f} or "
+        "Runs in the worker on every upload, in the Grad-CAM pass. Cheap checks on the image at the HAM10000 "
+        f"images' own scale (resized to {HAM_SCALE[1]}x{HAM_SCALE[0]}, whatever the model's input size): shorter "
+        f"side under {gate.min_short_side:.0f} px (of the upload); luminance standard deviation under {gate.min_contrast:.3f} (almost uniform); mean luminance under {gate.min_brightness:.3f} or "
         f"over {gate.max_brightness:.3f}; relative sharpness (Laplacian / contrast) under {gate.min_sharpness:.3f} or "
         f"fine-to-coarse detail ratio under {gate.min_fine_detail:.3f} (blurred), relative sharpness over "
         f"{gate.max_sharpness:.2f} (grainy noise); colourfulness under {gate.min_colourfulness:.3f}. Each threshold is "

@@ -34,7 +34,7 @@ from .export import to_tflite  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import choose_operating_point, fit_temperature, operating_bias, softmax, summary  # noqa: E402
 from .model import build_classifier, fold_output_adjustment, set_trainable_from, split_model  # noqa: E402
-from .preprocess import INPUT_SIZE  # noqa: E402
+from .preprocess import HAM_SCALE, INPUT_SIZE  # noqa: E402
 
 log = logging.getLogger("ml.train")
 
@@ -81,9 +81,8 @@ RECIPES = {
         dropout=0.3,
         label_smoothing=0.0,
         epochs=10,
-        input_size=(160, 224),  # the images' own scale, as the paper's reference row was measured
+        input_size=HAM_SCALE,  # a fixed reference row, whatever input size the served model uses
         average_from=None,
-        final_learning_rate=0.0,
         batch_size=16,
         learning_rate=1e-4,
         warmup_epochs=0,
@@ -179,8 +178,9 @@ def train(
     sample_weight = class_weights(y_train, recipe.class_weight_power)
 
     rng = np.random.default_rng(recipe.seed)
-    history, best, best_weights, stale = [], -np.inf, None, 0
-    average, averaged = None, 0
+    val_x = np.asarray(val_inputs, np.float32)
+    history, best, best_weights, kept, stale = [], -np.inf, None, None, 0
+    average = None
     for epoch in range(1, recipe.epochs + 1):
         t0 = time.time()
         order = rng.permutation(len(y_train))
@@ -193,22 +193,18 @@ def train(
             losses.append(float(trained.train_on_batch(x, one_hot[y_train[idx]], sample_weight=sample_weight[idx])))
             if s % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        candidate = model.get_weights()
+        weights = candidate = model.get_weights()
         if recipe.average_from and epoch >= recipe.average_from:
-            if not averaged:  # from here on the candidates are averages: a single early epoch is not kept
+            if average is None:  # from here on the candidates are averages: a single early epoch is not kept
                 best, best_weights, stale = -np.inf, None, 0
-            averaged += 1
-            average = running_mean(average, candidate, averaged)
-            model.set_weights(average)  # judged on val as the average; training goes on from the last epoch
-            val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
-            model.set_weights(candidate)
-            candidate = average
-        else:
-            val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
+            candidate = average = running_mean(average, weights, epoch - recipe.average_from + 1)
+            model.set_weights(average)  # judged on val as the average
+        val_probs = trained.predict(val_x, batch_size=256, verbose=0)
+        if candidate is not weights:
+            model.set_weights(weights)  # training goes on from the last epoch's own weights
         m = summary(y_val, val_probs)
         row = {
             "epoch": epoch,
-            "averaged_epochs": averaged,
             "train_loss": float(np.mean(losses)),
             "val_loss": float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean()),
             **{k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")},
@@ -219,7 +215,7 @@ def train(
         if recipe.select_on:
             score = -row["val_loss"] if recipe.select_on == "val_loss" else row[recipe.select_on]
             if score > best:
-                best, best_weights, stale = score, [np.copy(w) for w in candidate], 0
+                best, best_weights, kept, stale = score, candidate, epoch, 0
             else:
                 stale += 1
                 if stale >= recipe.patience:
@@ -227,10 +223,10 @@ def train(
                     break
     if best_weights is not None:
         model.set_weights(best_weights)
-        log.info("kept the epoch with the best val %s: %.4f", recipe.select_on, abs(best))
+        log.info("kept epoch %d: val %s %.4f", kept, recipe.select_on, history[kept - 1][recipe.select_on])
 
-    result: dict = {"recipe": asdict(recipe), "history": history}
-    val_probs = trained.predict(val_inputs.astype(np.float32), batch_size=256, verbose=0)
+    result: dict = {"recipe": asdict(recipe), "history": history, "kept_epoch": kept}
+    val_probs = trained.predict(val_x, batch_size=256, verbose=0)
     if recipe.adjust_and_calibrate:
         prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
         result.update(set_operating_point(model, y_val, np.log(np.clip(val_probs, 1e-12, None)), prior, recipe))
