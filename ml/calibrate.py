@@ -3,6 +3,8 @@
 Undoes the logit adjustment and temperature folded into the model's last layer, chooses them again with
 the current rule (``ml.train.set_operating_point``) on the val part, folds them back, and rewrites the
 Keras file, the TFLite file and the JSON (whose version changes with the file). Training is not repeated.
+``--views`` serves the model over test-time views (mirror images, ``ml.inference.VIEWS``) from now on;
+the operating point is then chosen on the views' averaged predictions, as they will be served.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import data, paths  # noqa: E402
+from .inference import VIEWS, predict_views  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .model import unfold_output_adjustment  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
@@ -29,27 +32,39 @@ from .train import Recipe, save, set_operating_point  # noqa: E402
 log = logging.getLogger("ml.calibrate")
 
 
-def recalibrate(model_file: Path, data_dir: Path) -> dict:
-    meta = json.loads(model_file.with_suffix(".json").read_text())
-    model = keras.models.load_model(model_file)
+def views_option(text: str) -> list[str]:
+    """``--views original,mirrored``: test-time views by name (``ml.inference.VIEWS``)."""
+    views = [v.strip() for v in text.split(",") if v.strip()]
+    if not views or set(views) - set(VIEWS):
+        raise argparse.ArgumentTypeError(f"views are some of {', '.join(VIEWS)}, comma-separated")
+    return views
+
+
+def choose_on_val(model, recipe: dict, data_dir: Path, views=("original",)) -> dict:
+    """Choose the operating point and temperature of ``model``, whose last layer gives raw logits, on the val
+    part with the model served over test-time ``views`` (``ml.inference.VIEWS``); fold both in, in place."""
     frame = data.load_dataset(data_dir)
     val = data.part(frame, "val")
     y_train = data.part(frame, "train")["label"].to_numpy()
-    size = tuple(meta["input_size"])
-    probs = model.predict(np.stack([preprocess(p, size) for p in val["path"]]), batch_size=64, verbose=0)
+    arrays = np.stack([preprocess(p, tuple(recipe["input_size"])) for p in val["path"]])
+    probs = predict_views(lambda batch: model.predict(batch, batch_size=64, verbose=0), arrays, views)
+    logits = np.log(np.clip(probs, 1e-12, None))  # raw logits, up to a constant per row
 
+    known = {f.name for f in fields(Recipe)}
+    chosen = Recipe(**{k: (tuple(v) if k == "input_size" else v) for k, v in recipe.items() if k in known})
+    prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
+    return {**set_operating_point(model, val["label"].to_numpy(), logits, prior, chosen), "views": list(views)}
+
+
+def recalibrate(model_file: Path, data_dir: Path, views: list[str] | None = None) -> dict:
+    meta = json.loads(model_file.with_suffix(".json").read_text())
+    model = keras.models.load_model(model_file)
     temperature = float(meta.get("temperature", 1.0))
     bias = np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES))))
     unfold_output_adjustment(model, bias, temperature)
-    logits = temperature * np.log(np.clip(probs, 1e-12, None)) - bias  # raw logits, up to a constant per row
 
-    known = {f.name for f in fields(Recipe)}
-    recipe_fields = {k: (tuple(v) if k == "input_size" else v) for k, v in meta["recipe"].items() if k in known}
-    recipe = Recipe(**recipe_fields)
-    prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
     result = {k: v for k, v in meta.items() if k not in ("logit_adjustment", "val_before_calibration", "val")}
-    result.update(set_operating_point(model, val["label"].to_numpy(), logits, prior, recipe))
-    result["recipe"] = {**meta["recipe"], "min_val_melanoma_recall": recipe.min_val_melanoma_recall}
+    result.update(choose_on_val(model, meta["recipe"], data_dir, views or meta.get("views", ["original"])))
     result["recalibrated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return save(model, model_file.parent, model_file.stem, result)
 
@@ -58,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml.calibrate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL.with_suffix(".keras"))
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    parser.add_argument("--views", type=views_option, help="test-time views, comma-separated (default: as before)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = recalibrate(args.model, args.data_dir)
+    result = recalibrate(args.model, args.data_dir, args.views)
     v = result["val"]
     print(
         f"{result['version']}: val accuracy {v['accuracy']:.4f}, balanced accuracy {v['balanced_accuracy']:.4f}, "

@@ -84,17 +84,20 @@ def plot_roc(y: np.ndarray, probs: np.ndarray, per_class: dict, out: Path) -> No
     plt.close(fig)
 
 
-def plot_history(history: list[dict], out: Path) -> None:
-    epochs = [h["epoch"] for h in history]
+def plot_history(histories: list[list[dict]], out: Path) -> None:
+    """Loss and val metrics per epoch, one line style per trained network (several for an ensemble)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [h["train_loss"] for h in history], label="train loss (class-weighted)")
-    a.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    for k, (history, style) in enumerate(zip(histories, ("-", "--", ":", "-."), strict=False)):
+        tag = f" (member {k})" if len(histories) > 1 else ""
+        epochs = [h["epoch"] for h in history]
+        a.plot(epochs, [h["train_loss"] for h in history], style, color="C0", label=f"train loss (class-weighted){tag}")
+        a.plot(epochs, [h["val_loss"] for h in history], style, color="C1", label=f"val loss{tag}")
+        for colour, key in enumerate(("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")):
+            b.plot(epochs, [h[key] for h in history], style, color=f"C{colour + 2}", label=f"val {key}{tag}")
     a.set_xlabel("epoch")
-    a.legend()
-    for key in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall"):
-        b.plot(epochs, [h[key] for h in history], label=f"val {key}")
+    a.legend(fontsize="small")
     b.set_xlabel("epoch")
-    b.legend()
+    b.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -132,13 +135,82 @@ def selection(meta: dict) -> str:
     )
 
 
+def trained_as(meta: dict) -> str:
+    members = meta.get("members")
+    if not members:
+        return f"with seed {meta['recipe']['seed']}"
+    seeds = ", ".join(str(m["seed"]) for m in members)
+    return f"as an ensemble of {len(members)} members (seeds {seeds}; combined {meta['created_at']})"
+
+
+def recipe_line(recipe: dict, meta: dict) -> str:
+    return (
+        f"layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
+        f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour); "
+        f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
+        f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to "
+        f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; {selection(meta)}"
+    )
+
+
+def recipe_lines(meta: dict) -> list[str]:
+    members = meta.get("members")
+    if not members:
+        return [f"- Recipe `{meta['recipe']['name']}`: {recipe_line(meta['recipe'], meta)}."]
+    lines = [
+        f"- An ensemble of {len(members)} such networks (`python -m ml.ensemble`). Their frozen blocks up to "
+        f"`{meta['recipe']['cut']}` hold the same ImageNet weights, so the served model runs them once, then each "
+        "member's fine-tuned upper blocks; its last layer averages the members' logits (one file, one Dense softmax)."
+    ]
+    for k, m in enumerate(members):
+        v = m["val"]
+        head_seed = m["recipe"].get("head_seed")
+        lines.append(
+            f"- Member {k} (seed {m['seed']}, head seed {m['seed'] if head_seed is None else head_seed}, "
+            f"{m['train_seconds'] / 60:.0f} min): {recipe_line(m['recipe'], m)}. Alone on val at its own operating "
+            f"point: accuracy {fmt(v['accuracy'])}, balanced accuracy {fmt(v['balanced_accuracy'])}, macro AUC "
+            f"{fmt(v['macro_auc'])}, melanoma recall {fmt(v['melanoma_recall'])}."
+        )
+    return lines
+
+
+def reproduce(meta: dict) -> str:
+    """The commands that made this model, in Markdown."""
+    members = meta.get("members")
+    views = meta.get("views", ["original"])
+    if not members:
+        if list(views) == ["original"]:
+            return "`python -m ml.train` (writes the model and its JSON here)"
+        return f"`python -m ml.train`, then `python -m ml.calibrate --views {','.join(views)}`"
+    train = []
+    for k, m in enumerate(members):
+        r = m["recipe"]
+        head = f" --head-seed {r['head_seed']}" if r.get("head_seed") is not None else ""
+        train.append(
+            f"`python -m ml.train --seed {r['seed']}{head} --copies {r['copies']} --epochs {r['epochs']} "
+            f"--out ml/runs/member{k}`"
+        )
+    files = " ".join(f"ml/runs/member{k}/skinsite.keras" for k in range(len(members)))
+    return f"{', '.join(train)}, then `python -m ml.ensemble {files} --views {','.join(views)}`"
+
+
+def views_words(meta: dict) -> str:
+    views = meta.get("views", ["original"])
+    if list(views) == ["original"]:
+        return ""
+    return (
+        f" Served over {len(views)} test-time views of every image ({', '.join(views)}; "
+        "`ml.inference.VIEWS`), their log-probabilities averaged; the operating point was chosen on val that way."
+    )
+
+
 def model_card(meta: dict, metrics: dict) -> str:
     test, val = metrics["test"], metrics["val"]
     recipe = meta["recipe"]
     lines = [
         f"# Model card: {meta['name']}",
         "",
-        f"Version `{meta['version']}`, trained {meta['created_at']} with seed {recipe['seed']} "
+        f"Version `{meta['version']}`, trained {meta['created_at']} {trained_as(meta)} "
         f"in {meta['train_seconds'] / 60:.0f} minutes on this project's 2-core CPU (fine-tuning; building the activation "
         f"cache is not counted when it already existed){', operating point chosen again ' + meta['recalibrated_at'] if meta.get('recalibrated_at') else ''}. "
         f"Evaluated {metrics['evaluated_at']}.",
@@ -204,20 +276,17 @@ def model_card(meta: dict, metrics: dict) -> str:
         "images, split by lesion). Fit on train, every choice on val, test only for this card.",
         f"- Input {meta['input_size'][1]}x{meta['input_size'][0]} (the images are 200x150), MobileNetV2 1.0 with ImageNet "
         f"weights, global average pooling, Dense {recipe['units']} ReLU, Dropout {recipe['dropout']}, Dense 7 softmax.",
-        f"- Recipe `{recipe['name']}`: layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
-        f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour); "
-        f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
-        f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to "
-        f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; {selection(meta)}.",
+        *recipe_lines(meta),
     ]
     if "logit_adjustment" in meta:
         la = meta["logit_adjustment"]
         lines += [
             f"- Operating point, chosen on val: logits - tau * log(train prior) + b * [class is mel] with "
             f"tau = {la['tau']:.2f}, b = {la.get('melanoma_bias', 0.0):.2f} (keeping val "
-            f"melanoma recall >= {recipe.get('min_val_melanoma_recall')}: the highest val balanced accuracy with val "
-            f"accuracy >= {recipe['min_val_accuracy']}, or where none reaches it the best mean of the two), then temperature "
-            f"T = {meta['temperature']:.3f} fitted on val by log-likelihood; both folded into the last layer.",
+            f"melanoma recall >= {recipe.get('min_val_melanoma_recall')}, the best sum of val accuracy and balanced "
+            "accuracy), then temperature "
+            f"T = {meta['temperature']:.3f} fitted on val by log-likelihood; both folded into the last layer."
+            + views_words(meta),
             f"- On val at that point: accuracy {fmt(val['accuracy'])}, balanced accuracy {fmt(val['balanced_accuracy'])}, "
             f"macro AUC {fmt(val['macro_auc'])}, melanoma recall {fmt(val['melanoma_recall'])}.",
         ]
@@ -229,8 +298,8 @@ def model_card(meta: dict, metrics: dict) -> str:
         "",
         *[f"- `{name}`: sha256 `{digest}`" for name, digest in meta["files"].items()],
         "",
-        "Reproduce: `python -m ml.train` (writes the model and its JSON here), `python -m ml.baselines`, "
-        "`python -m ml.train --recipe paper`, then `python -m ml.evaluate --reference paper=ml/runs/paper/paper.tflite`.",
+        f"Reproduce: {reproduce(meta)}, `python -m ml.baselines`, `python -m ml.train --recipe paper`, then "
+        "`python -m ml.evaluate --reference paper=ml/runs/paper/paper.tflite`.",
         "",
         "## Limits",
         "",
@@ -379,6 +448,21 @@ def safety_sections(metrics: dict) -> list[str]:
     return lines
 
 
+def reference_rows(frame: pd.DataFrame, references: dict[str, Path], stored: Path) -> dict[str, dict]:
+    """Table 1 rows of other models (``--reference NAME=TFLITE``), measured on the test part and kept in
+    ``stored`` (like ``baselines.json``), so the card keeps them when the served model alone is evaluated again."""
+    rows = json.loads(stored.read_text()) if stored.exists() else {}
+    for name, ref in references.items():
+        rows[name] = {
+            **summary(*predictions(ref, frame, "test", ref.with_suffix(".test.csv"))),
+            "model_version": model_metadata(ref)["version"],
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    if references:
+        stored.write_text(json.dumps(rows, indent=2))
+    return {f"MobileNetV2, {name} recipe": row for name, row in rows.items()}
+
+
 def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines: Path | None) -> dict:
     meta = model_metadata(model)
     out = model.parent
@@ -396,8 +480,7 @@ def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines
             "basic_cnn": "basic CNN from scratch (10 epochs, 75x56)",
         }
         table.update({names.get(k, k): v for k, v in json.loads(baselines.read_text()).items()})
-    for name, ref in references.items():
-        table[f"MobileNetV2, {name} recipe"] = summary(*predictions(ref, frame, "test", ref.with_suffix(".test.csv")))
+    table.update(reference_rows(frame, references, out / "references.json"))
     table["MobileNetV2, ours (served)"] = test
     metrics = {
         "model_version": meta["version"],
@@ -414,8 +497,9 @@ def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion(test["confusion_matrix"], out / "confusion_matrix.png")
     plot_roc(y_test, p_test, metrics["test_auc_per_class"], out / "roc_curves.png")
-    if meta.get("history"):
-        plot_history(meta["history"], out / "training_curves.png")
+    histories = [m["history"] for m in meta.get("members", [])] or [meta.get("history")]
+    if all(histories):
+        plot_history(histories, out / "training_curves.png")
     (out / "MODEL_CARD.md").write_text(model_card(meta, metrics))
     return metrics
 
@@ -430,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME=TFLITE",
-        help="another model to add as a Table 1 row, e.g. paper=ml/runs/paper/paper.tflite",
+        help="another model to measure as a Table 1 row, e.g. paper=ml/runs/paper/paper.tflite (kept in "
+        "references.json beside the model for later runs)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -75,7 +75,7 @@ def overlay_heatmap(image: Image.Image, heatmap: np.ndarray, alpha: float = OVER
 
 
 class GradCam:
-    """Grad-CAM and pooled features of a Keras classifier built by ``ml.model.build_classifier``.
+    """Grad-CAM and pooled features of a Keras classifier built by ``ml.model.build_classifier`` or ``ml.ensemble``.
 
     The class score is the logit of the last Dense layer (before softmax): gradients of a softmax output
     vanish where the model is confident, which would blank the map exactly for the clearest images.
@@ -85,14 +85,14 @@ class GradCam:
         import keras
         import tensorflow as tf
 
-        from .model import LAST_CONV_LAYER  # ml.model imports Keras at module level
+        from .model import LAST_CONV_LAYER, member_layers  # ml.model imports Keras at module level
 
         self.input_size = input_size
         head = model.get_layer("probs")
-        net = keras.Model(
-            model.input,
-            [model.get_layer(LAST_CONV_LAYER).output, model.get_layer("pool").output, model.get_layer("fc").output],
-        )
+        # One model, or an ensemble (ml.ensemble) with one last convolution and one pooling layer per member.
+        convs = [layer.output for layer in member_layers(model, LAST_CONV_LAYER)]
+        pools = [layer.output for layer in member_layers(model, "pool")]
+        net = keras.Model(model.input, [convs, pools, head.input])
         kernel, bias = head.kernel, head.bias
 
         @tf.function(
@@ -105,15 +105,22 @@ class GradCam:
                 logits = tf.matmul(hidden, kernel) + bias
                 score = logits[0, class_index]
             grads = tape.gradient(score, activations)
-            weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per channel: its average gradient
-            heat = tf.nn.relu(tf.einsum("bhwc,bc->bhw", activations, weights))
-            return heat[0], pooled[0], tf.nn.softmax(logits)[0]
+            # Per member, one weight per channel (its average gradient); an ensemble's members add up, since its
+            # class score is the sum of theirs (divided by their number, folded into the head's weights).
+            linear = tf.add_n(
+                [
+                    tf.einsum("bhwc,bc->bhw", a, tf.reduce_mean(g, axis=(1, 2)))
+                    for a, g in zip(activations, grads, strict=True)
+                ]
+            )
+            return tf.nn.relu(linear)[0], tf.add_n(pooled)[0] / len(pooled), tf.nn.softmax(logits)[0]
 
-        features_net = keras.Model(model.input, model.get_layer("pool").output)
+        features_net = keras.Model(model.input, pools)
 
         @tf.function(reduce_retracing=True)
         def features(x):
-            return features_net(x, training=False)
+            pooled = features_net(x, training=False)
+            return tf.add_n(pooled) / len(pooled)
 
         self._cam, self._features = cam, features
         self._tf = tf

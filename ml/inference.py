@@ -19,6 +19,27 @@ from . import paths
 from .labels import CLASSES, MALIGNANT
 from .preprocess import ImageSource, preprocess
 
+# Test-time augmentation. A dermoscopic image has no up, down, left or right, so a model may also be shown mirror
+# images of it; the views' log-probabilities are averaged (the mean of their logits, up to a constant). Which
+# views a model is served with is chosen on val and recorded in its JSON (``views``; default: the original only).
+VIEWS = {
+    "original": lambda batch: batch,
+    "mirrored": lambda batch: batch[:, :, ::-1],
+    "upside_down": lambda batch: batch[:, ::-1],
+    "rotated_180": lambda batch: batch[:, ::-1, ::-1],
+}
+
+
+def predict_views(predict, batch: np.ndarray, views) -> np.ndarray:
+    """(n, 7) probabilities for (n, h, w, 3) arrays: the softmax of the mean, over ``views``, of the log of
+    ``predict`` (arrays -> probabilities) on each view. All views go through ``predict`` as one batch."""
+    if tuple(views) == ("original",):
+        return predict(batch)
+    stacked = np.ascontiguousarray(np.concatenate([VIEWS[v](batch) for v in views]), dtype=np.float32)
+    logs = np.log(np.clip(predict(stacked), 1e-12, None)).reshape(len(views), len(batch), -1).mean(axis=0)
+    e = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -47,6 +68,9 @@ class Classifier:
             raise ValueError(f"{self.model_path}: classes {meta['classes']} differ from {CLASSES}")
         self.version: str = meta["version"]
         self.input_size: tuple[int, int] = tuple(meta["input_size"])
+        self.views: tuple[str, ...] = tuple(meta.get("views", ["original"]))
+        if unknown := set(self.views) - set(VIEWS):
+            raise ValueError(f"{self.model_path}: unknown test-time views {sorted(unknown)}")
         threads = num_threads or int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0)) or os.cpu_count() or 1
         self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
@@ -55,8 +79,10 @@ class Classifier:
         self._lock = threading.Lock()  # an interpreter is not thread-safe
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(n, h, w, 3) preprocessed arrays -> (n, 7) probabilities."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        """(n, h, w, 3) preprocessed arrays -> (n, 7) probabilities (over the model's test-time views)."""
+        return predict_views(self._invoke, np.ascontiguousarray(batch, dtype=np.float32), self.views)
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
             if self._batch != len(batch):
                 self._interpreter.resize_tensor_input(self._input, batch.shape)

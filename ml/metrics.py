@@ -91,16 +91,18 @@ def operating_bias(prior: np.ndarray, tau: float, melanoma_bias: float) -> np.nd
 
 
 def choose_operating_point(
-    y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_accuracy: float = 0.80, min_melanoma_recall: float = 0.70
+    y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_melanoma_recall: float = 0.70
 ) -> tuple[float, float, list[dict]]:
     """Pick (tau, melanoma_bias) for logits + operating_bias(prior, tau, melanoma_bias) on held-out data.
 
     tau > 0 moves decisions towards the rare classes, tau < 0 towards the common ones (a model trained with
     class weights may already lean to the rare ones); melanoma_bias >= 0 moves them towards melanoma only.
 
-    The rule, for a screening aid: melanoma recall must stay >= ``min_melanoma_recall``; among those points, the
-    highest balanced accuracy with accuracy >= ``min_accuracy``, or where none reaches it, the best sum of
-    accuracy and balanced accuracy (and without any point keeping melanoma recall, the best sum overall).
+    The rule, for a screening aid: melanoma recall must stay >= ``min_melanoma_recall``; among those points,
+    the best sum of accuracy and balanced accuracy (without any point keeping melanoma recall, the best sum
+    overall). The sum weighs the common classes and the rare ones alike. An earlier rule took the highest
+    balanced accuracy among points with accuracy >= 0.80: on the two-network ensemble's val predictions
+    that bought 2.6 points of accuracy (0.781 to 0.807) with 5.6 points of balanced accuracy (0.698 to 0.642).
     Two scalars rather than 7 thresholds, because the rare classes have only a few dozen validation images.
     """
     rows = []
@@ -122,9 +124,5 @@ def choose_operating_point(
         return -abs(r["tau"]) - r["melanoma_bias"]
 
     safe = [r for r in rows if r["melanoma_recall"] >= min_melanoma_recall] or rows
-    accurate = [r for r in safe if r["accuracy"] >= min_accuracy]
-    if accurate:
-        best = max(accurate, key=lambda r: (round(r["balanced_accuracy"], 6), simplicity(r)))
-    else:
-        best = max(safe, key=lambda r: (round(r["accuracy"] + r["balanced_accuracy"], 6), simplicity(r)))
+    best = max(safe, key=lambda r: (round(r["accuracy"] + r["balanced_accuracy"], 6), simplicity(r)))
     return best["tau"], best["melanoma_bias"], rows

@@ -7,6 +7,7 @@ the shipped ImageNet weights have BN folded into the convolutions, and batch sta
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import keras
@@ -48,7 +49,25 @@ def build_classifier(
     return keras.Model(base.input, out, name="skinsite_mobilenetv2")
 
 
-def _inputs_of(layer: keras.layers.Layer) -> list[str]:
+def member_name(k: int, name: str) -> str:
+    """The name of member ``k``'s copy of layer ``name`` in an ensemble (``ml.ensemble``)."""
+    return f"member{k}_{name}"
+
+
+def member_layers(model: keras.Model, name: str) -> list[keras.layers.Layer]:
+    """The layer called ``name``, or in an ensemble (``ml.ensemble``) each member's copy of it, in member order."""
+    found = [layer for layer in model.layers if layer.name == name]
+    copies = {}
+    for layer in model.layers:
+        if match := re.fullmatch(rf"member(\d+)_{re.escape(name)}", layer.name):
+            copies[int(match[1])] = layer
+    if not found and not copies:
+        raise ValueError(f"{model.name} has no layer {name!r}")
+    return found + [copies[k] for k in sorted(copies)]
+
+
+def layer_inputs(layer: keras.layers.Layer) -> list[str]:
+    """The names of the layers whose outputs ``layer`` reads (in a functional model)."""
     node = layer._inbound_nodes[0]
     return [t._keras_history[0].name for t in keras.tree.flatten(node.input_tensors)]
 
@@ -68,7 +87,7 @@ def split_model(model: keras.Model, cut: str, until: str | None = None) -> tuple
     inp = keras.Input(model.get_layer(cut).output.shape[1:], name="cached")
     tensors = {cut: inp}
     for layer in model.layers[index + 1 :]:
-        sources = _inputs_of(layer)
+        sources = layer_inputs(layer)
         missing = [s for s in sources if s not in tensors]
         if missing:
             raise ValueError(f"cannot cut at {cut}: {layer.name} also reads {missing}")

@@ -183,3 +183,38 @@ def test_classifier_prediction_names_the_argmax_and_malignancy(tiny_run):
     assert prediction.probabilities[prediction.predicted_class] == prediction.confidence
     assert prediction.malignant == (prediction.predicted_class in {"mel", "bcc", "akiec"})
     assert prediction.model_version == classifier.version
+
+
+def served_with_views(tiny_run, tmp_path, views) -> Path:
+    """A copy of the tiny model whose JSON asks for test-time ``views``."""
+    import shutil
+
+    for suffix in (".tflite", ".json"):
+        shutil.copy(tiny_run["model_dir"] / f"skinsite{suffix}", tmp_path / f"skinsite{suffix}")
+    meta = json.loads((tmp_path / "skinsite.json").read_text())
+    (tmp_path / "skinsite.json").write_text(json.dumps({**meta, "views": views}))
+    return tmp_path / "skinsite.tflite"
+
+
+def test_a_classifier_with_test_time_views_averages_the_views_log_probabilities(tiny_run, tmp_path):
+    from ml.inference import Classifier
+    from ml.metrics import softmax
+    from ml.preprocess import preprocess
+
+    plain = Classifier(tiny_run["model_dir"] / "skinsite.tflite")
+    both = Classifier(served_with_views(tiny_run, tmp_path, ["original", "mirrored"]))
+    images = sorted((tiny_run["data_dir"] / "images").glob("*.jpg"))[:4]
+    batch = np.stack([preprocess(p, (64, 64)) for p in images])
+    expected = softmax(
+        (np.log(plain.predict_arrays(batch)) + np.log(plain.predict_arrays(batch[:, :, ::-1].copy()))) / 2
+    )
+    np.testing.assert_allclose(both.predict_arrays(batch), expected, atol=1e-5)
+    assert np.abs(expected - plain.predict_arrays(batch)).max() > 1e-4  # the mirror image changed something
+    assert sum(both.predict(images[0]).probabilities.values()) == pytest.approx(1.0)
+
+
+def test_a_model_asking_for_an_unknown_view_is_refused(tiny_run, tmp_path):
+    from ml.inference import Classifier
+
+    with pytest.raises(ValueError, match="unknown test-time views"):
+        Classifier(served_with_views(tiny_run, tmp_path, ["original", "sideways"]))

@@ -1,0 +1,180 @@
+"""ml.ensemble on tiny untrained networks: the combined model averages its members' logits, shares their
+frozen lower blocks, exports to TFLite, and Grad-CAM and the gate's features work on it."""
+
+import json
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+from ml.labels import CLASSES
+
+pytest.importorskip("tensorflow")
+
+SIZE = (64, 96)
+CUT = "block_2_add"
+
+
+def tiny_members(n: int = 2):
+    """``n`` tiny classifiers with different upper weights and the same weights up to ``CUT``."""
+    from ml.model import build_classifier
+
+    members = [build_classifier(None, SIZE, units=8, alpha=0.35, seed=k) for k in range(n)]
+    import keras
+
+    below = [layer.name for layer in members[0].layers].index(CUT) + 1
+    for other in members[1:]:
+        for mine, theirs in zip(members[0].layers[:below], other.layers[:below], strict=True):
+            theirs.set_weights(mine.get_weights())
+    # Untrained, the activations fade through the blocks (about 1e-11 at the top): scale each head so that its
+    # logits are of order one and differ between inputs and members.
+    for member in members:
+        hidden = keras.Model(member.input, member.get_layer("fc").output).predict(inputs(), verbose=0)
+        head = member.get_layer("probs")
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel / np.abs(hidden).mean(), bias])
+    return members
+
+
+def inputs(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(1).uniform(-1, 1, (n, *SIZE, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trio():
+    """Three members and the model combining them, built once for the module."""
+    from ml.ensemble import combine
+
+    members = tiny_members(3)
+    return members, combine(members, CUT)
+
+
+def test_the_combined_model_gives_the_softmax_of_the_members_mean_logits(trio):
+    from ml.metrics import softmax
+
+    members, model = trio
+    x = inputs()
+    member_logits = [np.log(m.predict(x, verbose=0)) for m in members]
+    expected = softmax(np.mean(member_logits, axis=0))
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+    # Not just one member's answer.
+    assert np.abs(expected - members[0].predict(x, verbose=0)).max() > 1e-3
+
+
+def test_the_members_share_one_copy_of_the_lower_blocks(trio):
+    members, model = trio
+    single = sum(np.prod(w.shape) for w in members[0].weights)
+    below = sum(
+        np.prod(w.shape)
+        for layer in members[0].layers[: [la.name for la in members[0].layers].index(CUT) + 1]
+        for w in layer.weights
+    )
+    combined = sum(np.prod(w.shape) for w in model.weights)
+    # Three upper parts, one lower part and one output bias (the mean of theirs).
+    assert combined == 3 * single - 2 * below - 2 * len(CLASSES)
+
+
+def test_members_that_differ_below_the_cut_are_refused(trio):
+    from ml.ensemble import combine
+    from ml.model import build_classifier
+
+    stranger = build_classifier(None, SIZE, units=8, alpha=0.35, seed=7)
+    with pytest.raises(ValueError, match="differ below the cut"):
+        combine([trio[0][0], stranger], CUT)
+
+
+def test_the_combined_model_exports_to_tflite_with_the_same_probabilities(trio, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ml.export import to_tflite
+
+    model = trio[1]
+    to_tflite(model, tmp_path / "ensemble.tflite")
+    interpreter = Interpreter(model_path=str(tmp_path / "ensemble.tflite"))
+    interpreter.allocate_tensors()
+    x = inputs(1)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(lite, model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_grad_cam_on_an_ensemble_adds_the_members_maps_and_averages_their_features(trio):
+    import keras
+
+    from ml.explain import GradCam
+    from ml.model import member_layers
+
+    members, model = trio
+    names = [layer.name for layer in member_layers(model, "out_relu")]
+    assert names == ["member0_out_relu", "member1_out_relu", "member2_out_relu"]
+    x = inputs(1)
+    grad_cam = GradCam(model, SIZE)
+    mel = CLASSES.index("mel")
+    heat, pooled, probs = grad_cam(x[0], mel)
+    assert heat.shape == (2, 3) and (heat >= 0).all() and heat.max() > 0
+
+    # By hand: each member's map before the ReLU, from its own mel logit; the ensemble's score is their mean.
+    import tensorflow as tf
+
+    maps = []
+    for m in members:
+        net = keras.Model(m.input, [m.get_layer("out_relu").output, m.get_layer("probs").input])
+        kernel, bias = m.get_layer("probs").get_weights()
+        with tf.GradientTape() as tape:
+            activations, hidden = net(tf.constant(x), training=False)
+            score = (tf.matmul(hidden, kernel) + bias)[0, mel]
+        grads = tape.gradient(score, activations)
+        maps.append(tf.einsum("bhwc,bc->bhw", activations, tf.reduce_mean(grads, axis=(1, 2)))[0].numpy())
+    np.testing.assert_allclose(heat, np.maximum(np.mean(maps, axis=0), 0), rtol=1e-3, atol=1e-6 * np.abs(maps).max())
+    member_pools = [keras.Model(m.input, m.get_layer("pool").output).predict(x, verbose=0)[0] for m in members]
+    np.testing.assert_allclose(pooled, np.mean(member_pools, axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0)[0], atol=1e-5)
+    batched = grad_cam.pooled_features(np.concatenate([x, x]))
+    np.testing.assert_allclose(batched[0], pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ensemble(tmp_path):
+    from ml.ensemble import build, load_member
+    from ml.model import fold_output_adjustment
+    from ml.train import RECIPES
+    from tests.test_ml_pipeline import synthetic_ham
+
+    data_dir = synthetic_ham(tmp_path / "ham")
+    recipe = replace(RECIPES["improved"], input_size=SIZE, alpha=0.35, units=8, cut=CUT)
+    files = []
+    x = inputs()
+    raw = []
+    for k, member in enumerate(tiny_members(2)):
+        raw.append(np.log(member.predict(x, verbose=0)))
+        bias, temperature = np.linspace(-0.5, 0.5, len(CLASSES)) * (k + 1), 1.5 + k
+        fold_output_adjustment(member, bias, temperature)
+        file = tmp_path / f"member{k}" / "skinsite.keras"
+        file.parent.mkdir()
+        member.save(file)
+        meta = {
+            "recipe": asdict(replace(recipe, seed=k)),
+            "version": f"member-{k}",
+            "history": [],
+            "kept_epoch": None,
+            "train_seconds": 10.0 * (k + 1),
+            "val": {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_auc": 0.5, "melanoma_recall": 0.5},
+            "images": {"train": 56, "val": 21, "test": 21},
+            "logit_adjustment": {"bias": bias.tolist()},
+            "temperature": temperature,
+        }
+        file.with_suffix(".json").write_text(json.dumps(meta))
+        files.append(file)
+    for file, logits in zip(files, raw, strict=True):
+        unfolded, _ = load_member(file)  # the member's own operating point and temperature undone
+        np.testing.assert_allclose(unfolded.predict(x, verbose=0), np.exp(logits), atol=1e-5)
+
+    result = build(files, data_dir, tmp_path / "out", views=("original", "rotated_180"))
+    assert result["version"].startswith("mnv2-ham10000-ensemble-")
+    assert [m["version"] for m in result["members"]] == ["member-0", "member-1"]
+    assert [m["seed"] for m in result["members"]] == [0, 1]
+    assert result["train_seconds"] == 30.0
+    assert {"tau", "melanoma_bias", "bias"} <= set(result["logit_adjustment"]) and result["temperature"] > 0
+    assert result["views"] == ["original", "rotated_180"]  # chosen on val over the views it will be served with
+    assert (tmp_path / "out" / "skinsite.tflite").exists()
+    assert json.loads((tmp_path / "out" / "skinsite.json").read_text())["version"] == result["version"]

@@ -1,0 +1,41 @@
+"""The served operating point's rule (ml.metrics.choose_operating_point), on generated logits."""
+
+import numpy as np
+
+from ml.labels import CLASSES
+from ml.metrics import MEL, choose_operating_point, operating_bias
+
+PRIOR = np.array([0.033, 0.051, 0.11, 0.011, 0.111, 0.67, 0.014])
+
+
+def generated(seed: int, n: int = 600):
+    """Labels drawn from the prior and noisy logits that favour the true class, but leave melanoma often missed."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(CLASSES), n, p=PRIOR / PRIOR.sum())
+    logits = rng.normal(0, 1.0, (n, len(CLASSES))) + np.log(PRIOR)
+    logits[np.arange(n), y] += 1.5
+    logits[y == MEL, MEL] -= 0.8
+    return y, logits
+
+
+def test_the_chosen_point_keeps_melanoma_recall_and_has_the_best_sum_of_accuracies():
+    for seed in range(3):
+        y, logits = generated(seed)
+        tau, melanoma_bias, rows = choose_operating_point(y, logits, PRIOR, 0.70)
+        chosen = next(r for r in rows if (r["tau"], r["melanoma_bias"]) == (tau, melanoma_bias))
+        pred = (logits + operating_bias(PRIOR, tau, melanoma_bias)).argmax(axis=1)
+        assert chosen["accuracy"] == np.mean(pred == y)
+        assert np.mean(pred[y == MEL] == MEL) >= 0.70
+        safe = [r for r in rows if r["melanoma_recall"] >= 0.70]
+        best = max(r["accuracy"] + r["balanced_accuracy"] for r in safe)
+        assert chosen["accuracy"] + chosen["balanced_accuracy"] == best
+        # The untouched logits miss that recall: the rule had to move the point.
+        assert np.mean(logits[y == MEL].argmax(axis=1) == MEL) < 0.70 and melanoma_bias + abs(tau) > 0
+
+
+def test_without_any_point_keeping_melanoma_recall_the_best_sum_overall_is_taken():
+    y, logits = generated(0)
+    _, _, rows = choose_operating_point(y, logits, PRIOR, 1.01)  # unreachable
+    tau, melanoma_bias, _ = choose_operating_point(y, logits, PRIOR, 1.01)
+    chosen = next(r for r in rows if (r["tau"], r["melanoma_bias"]) == (tau, melanoma_bias))
+    assert chosen["accuracy"] + chosen["balanced_accuracy"] == max(r["accuracy"] + r["balanced_accuracy"] for r in rows)
