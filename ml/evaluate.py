@@ -138,9 +138,9 @@ def selection(meta: dict) -> str:
 def trained_as(meta: dict) -> str:
     members = meta.get("members")
     if not members:
-        return f"with seed {meta['recipe']['seed']}"
+        return f"trained {meta['created_at']} with seed {meta['recipe']['seed']}"
     seeds = ", ".join(str(m["seed"]) for m in members)
-    return f"as an ensemble of {len(members)} members (seeds {seeds}; combined {meta['created_at']})"
+    return f"combined {meta['created_at']} from {len(members)} networks trained with seeds {seeds}"
 
 
 def recipe_line(recipe: dict, meta: dict) -> str:
@@ -191,7 +191,8 @@ def reproduce(meta: dict) -> str:
             f"--out ml/runs/member{k}`"
         )
     files = " ".join(f"ml/runs/member{k}/skinsite.keras" for k in range(len(members)))
-    return f"{', '.join(train)}, then `python -m ml.ensemble {files} --views {','.join(views)}`"
+    views_flag = "" if list(views) == ["original"] else f" --views {','.join(views)}"
+    return f"{', '.join(train)}, then `python -m ml.ensemble {files}{views_flag}`"
 
 
 def views_words(meta: dict) -> str:
@@ -210,7 +211,7 @@ def model_card(meta: dict, metrics: dict) -> str:
     lines = [
         f"# Model card: {meta['name']}",
         "",
-        f"Version `{meta['version']}`, trained {meta['created_at']} {trained_as(meta)} "
+        f"Version `{meta['version']}`, {trained_as(meta)} "
         f"in {meta['train_seconds'] / 60:.0f} minutes on this project's 2-core CPU (fine-tuning; building the activation "
         f"cache is not counted when it already existed){', operating point chosen again ' + meta['recalibrated_at'] if meta.get('recalibrated_at') else ''}. "
         f"Evaluated {metrics['evaluated_at']}.",
