@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import data, paths  # noqa: E402
-from .inference import VIEWS, predict_views  # noqa: E402
+from .inference import ORIGINAL_ONLY, VIEWS, predict_views, served_views  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .model import unfold_output_adjustment  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
@@ -40,7 +40,7 @@ def views_option(text: str) -> list[str]:
     return views
 
 
-def choose_on_val(model, recipe: dict, data_dir: Path, views=("original",)) -> dict:
+def choose_on_val(model, recipe: dict, data_dir: Path, views=ORIGINAL_ONLY) -> dict:
     """Choose the operating point and temperature of ``model``, whose last layer gives raw logits, on the val
     part with the model served over test-time ``views`` (``ml.inference.VIEWS``); fold both in, in place."""
     frame = data.load_dataset(data_dir)
@@ -56,15 +56,19 @@ def choose_on_val(model, recipe: dict, data_dir: Path, views=("original",)) -> d
     return {**set_operating_point(model, val["label"].to_numpy(), logits, prior, chosen), "views": list(views)}
 
 
-def recalibrate(model_file: Path, data_dir: Path, views: list[str] | None = None) -> dict:
-    meta = json.loads(model_file.with_suffix(".json").read_text())
-    model = keras.models.load_model(model_file)
-    temperature = float(meta.get("temperature", 1.0))
+def load_raw(keras_file: Path) -> tuple[keras.Model, dict]:
+    """A saved model whose last layer gives raw logits again (its folded operating point undone), and its JSON."""
+    meta = json.loads(keras_file.with_suffix(".json").read_text())
+    model = keras.models.load_model(keras_file)
     bias = np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES))))
-    unfold_output_adjustment(model, bias, temperature)
+    unfold_output_adjustment(model, bias, float(meta.get("temperature", 1.0)))
+    return model, meta
 
+
+def recalibrate(model_file: Path, data_dir: Path, views: list[str] | None = None) -> dict:
+    model, meta = load_raw(model_file)
     result = {k: v for k, v in meta.items() if k not in ("logit_adjustment", "val_before_calibration", "val")}
-    result.update(choose_on_val(model, meta["recipe"], data_dir, views or meta.get("views", ["original"])))
+    result.update(choose_on_val(model, meta["recipe"], data_dir, views or served_views(meta)))
     result["recalibrated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return save(model, model_file.parent, model_file.stem, result)
 

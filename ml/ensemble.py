@@ -16,9 +16,9 @@ are 38% of the multiply-adds).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,9 +28,10 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from . import paths  # noqa: E402
-from .calibrate import choose_on_val, views_option  # noqa: E402
+from .calibrate import choose_on_val, load_raw, views_option  # noqa: E402
+from .inference import ORIGINAL_ONLY  # noqa: E402
 from .labels import CLASSES  # noqa: E402
-from .model import layer_inputs, member_name, unfold_output_adjustment  # noqa: E402
+from .model import layer_inputs, member_name, replay_after  # noqa: E402
 from .train import save  # noqa: E402
 
 log = logging.getLogger("ml.ensemble")
@@ -52,41 +53,22 @@ def combine(members: list[keras.Model], cut: str) -> keras.Model:
                 not np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights(), strict=True)
             ):
                 raise ValueError(f"members differ below the cut, at {mine.name}: they cannot share it")
-    trunk = keras.Model(first.input, first.get_layer(cut).output)
-    shared = trunk.output
-    hidden = []
-    for k, member in enumerate(members):
-        tensors = {cut: shared}
-        for layer in member.layers[index + 1 :]:
-            if layer.name == "probs":
-                hidden.append(tensors[layer_inputs(layer)[0]])
-                break
-            config = {**layer.get_config(), "name": member_name(k, layer.name)}
-            copy = type(layer).from_config(config)
-            args = [tensors[s] for s in layer_inputs(layer)]
-            tensors[layer.name] = copy(args if len(args) > 1 else args[0])
-            copy.set_weights(layer.get_weights())
-            copy.trainable = layer.trainable
+    shared = first.get_layer(cut).output
+    hidden = [  # each member's copy of its layers up to the head, on the shared blocks' output
+        replay_after(member, cut, shared, layer_inputs(member.get_layer("probs"))[0], partial(member_name, k))
+        for k, member in enumerate(members)
+    ]
     heads = [member.get_layer("probs").get_weights() for member in members]
     joined = layers.Concatenate(name="members")(hidden)
     probs = layers.Dense(len(CLASSES), activation="softmax", name="probs")
     out = probs(joined)
     probs.set_weights([np.concatenate([w for w, _ in heads]) / len(heads), np.mean([b for _, b in heads], axis=0)])
-    return keras.Model(trunk.input, out, name="skinsite_mobilenetv2_ensemble")
+    return keras.Model(first.input, out, name="skinsite_mobilenetv2_ensemble")
 
 
-def load_member(keras_file: Path) -> tuple[keras.Model, dict]:
-    """A member model whose last layer gives raw logits again (its own operating point undone), and its JSON."""
-    meta = json.loads(keras_file.with_suffix(".json").read_text())
-    model = keras.models.load_model(keras_file)
-    bias = np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES))))
-    unfold_output_adjustment(model, bias, float(meta.get("temperature", 1.0)))
-    return model, meta
-
-
-def build(member_files: list[Path], data_dir: Path, out: Path, views=("original",)) -> dict:
+def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY) -> dict:
     """Combine the members, choose the operating point on val over the test-time ``views``, save as ``skinsite``."""
-    loaded = [load_member(f) for f in member_files]
+    loaded = [load_raw(f) for f in member_files]
     metas = [meta for _, meta in loaded]
     recipes = [meta["recipe"] for meta in metas]
     for key in ("cut", "input_size"):
@@ -99,7 +81,6 @@ def build(member_files: list[Path], data_dir: Path, out: Path, views=("original"
             {
                 "file": f.name,
                 "version": meta["version"],
-                "seed": meta["recipe"]["seed"],
                 "recipe": meta["recipe"],
                 "kept_epoch": meta.get("kept_epoch"),
                 "train_seconds": meta["train_seconds"],
@@ -121,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("members", type=Path, nargs="+", help="the members' .keras files (JSON beside each)")
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
     parser.add_argument("--out", type=Path, default=paths.MODELS_DIR)
-    parser.add_argument("--views", type=views_option, default=["original"], help="test-time views, comma-separated")
+    parser.add_argument(
+        "--views", type=views_option, default=list(ORIGINAL_ONLY), help="test-time views, comma-separated"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if len(args.members) < 2:

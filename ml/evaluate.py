@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from . import data, paths  # noqa: E402
-from .inference import Classifier, model_metadata  # noqa: E402
+from .inference import ORIGINAL_ONLY, Classifier, model_metadata, served_views  # noqa: E402
 from .labels import CLASSES, FULL_NAMES  # noqa: E402
 from .metrics import softmax, summary  # noqa: E402
 from .predict import predict_files, write_csv  # noqa: E402
@@ -139,7 +139,7 @@ def trained_as(meta: dict) -> str:
     members = meta.get("members")
     if not members:
         return f"trained {meta['created_at']} with seed {meta['recipe']['seed']}"
-    seeds = ", ".join(str(m["seed"]) for m in members)
+    seeds = ", ".join(str(m["recipe"]["seed"]) for m in members)
     return f"combined {meta['created_at']} from {len(members)} networks trained with seeds {seeds}"
 
 
@@ -164,9 +164,9 @@ def recipe_lines(meta: dict) -> list[str]:
     ]
     for k, m in enumerate(members):
         v = m["val"]
-        head_seed = m["recipe"].get("head_seed")
+        seed, head_seed = m["recipe"]["seed"], m["recipe"].get("head_seed")
         lines.append(
-            f"- Member {k} (seed {m['seed']}, head seed {m['seed'] if head_seed is None else head_seed}, "
+            f"- Member {k} (seed {seed}, head seed {seed if head_seed is None else head_seed}, "
             f"{m['train_seconds'] / 60:.0f} min): {recipe_line(m['recipe'], m)}. Alone on val at its own operating "
             f"point: accuracy {fmt(v['accuracy'])}, balanced accuracy {fmt(v['balanced_accuracy'])}, macro AUC "
             f"{fmt(v['macro_auc'])}, melanoma recall {fmt(v['melanoma_recall'])}."
@@ -177,9 +177,9 @@ def recipe_lines(meta: dict) -> list[str]:
 def reproduce(meta: dict) -> str:
     """The commands that made this model, in Markdown."""
     members = meta.get("members")
-    views = meta.get("views", ["original"])
+    views = served_views(meta)
     if not members:
-        if list(views) == ["original"]:
+        if views == ORIGINAL_ONLY:
             return "`python -m ml.train` (writes the model and its JSON here)"
         return f"`python -m ml.train`, then `python -m ml.calibrate --views {','.join(views)}`"
     train = []
@@ -191,13 +191,13 @@ def reproduce(meta: dict) -> str:
             f"--out ml/runs/member{k}`"
         )
     files = " ".join(f"ml/runs/member{k}/skinsite.keras" for k in range(len(members)))
-    views_flag = "" if list(views) == ["original"] else f" --views {','.join(views)}"
+    views_flag = "" if views == ORIGINAL_ONLY else f" --views {','.join(views)}"
     return f"{', '.join(train)}, then `python -m ml.ensemble {files}{views_flag}`"
 
 
 def views_words(meta: dict) -> str:
-    views = meta.get("views", ["original"])
-    if list(views) == ["original"]:
+    views = served_views(meta)
+    if views == ORIGINAL_ONLY:
         return ""
     return (
         f" Served over {len(views)} test-time views of every image ({', '.join(views)}; "

@@ -33,10 +33,18 @@ VIEWS = {
 }
 
 
+ORIGINAL_ONLY = ("original",)
+
+
+def served_views(meta: dict) -> tuple[str, ...]:
+    """The test-time views a model's JSON asks for (older models name none: the original only)."""
+    return tuple(meta.get("views", ORIGINAL_ONLY))
+
+
 def predict_views(predict, batch: np.ndarray, views) -> np.ndarray:
     """(n, 7) probabilities for (n, h, w, 3) arrays: the softmax of the mean, over ``views``, of the log of
     ``predict`` (arrays -> probabilities) on each view. All views go through ``predict`` as one batch."""
-    if tuple(views) == ("original",):
+    if tuple(views) == ORIGINAL_ONLY:
         return predict(batch)
     stacked = np.ascontiguousarray(np.concatenate([VIEWS[v](batch) for v in views]), dtype=np.float32)
     logs = np.log(np.clip(predict(stacked), 1e-12, None)).reshape(len(views), len(batch), -1).mean(axis=0)
@@ -71,7 +79,7 @@ class Classifier:
             raise ValueError(f"{self.model_path}: classes {meta['classes']} differ from {CLASSES}")
         self.version: str = meta["version"]
         self.input_size: tuple[int, int] = tuple(meta["input_size"])
-        self.views: tuple[str, ...] = tuple(meta.get("views", ["original"]))
+        self.views: tuple[str, ...] = served_views(meta)
         if unknown := set(self.views) - set(VIEWS):
             raise ValueError(f"{self.model_path}: unknown test-time views {sorted(unknown)}")
         threads = num_threads or int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0)) or os.cpu_count() or 1

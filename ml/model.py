@@ -81,22 +81,34 @@ def split_model(model: keras.Model, cut: str, until: str | None = None) -> tuple
     copying back. ``cut`` must be a layer whose output is the only tensor that later layers need
     (a block's ``_add`` layer in MobileNetV2).
     """
-    names = [layer.name for layer in model.layers]
-    index = names.index(cut)
     lower = keras.Model(model.input, model.get_layer(cut).output, name="lower")
     inp = keras.Input(model.get_layer(cut).output.shape[1:], name="cached")
-    tensors = {cut: inp}
-    for layer in model.layers[index + 1 :]:
+    upper = keras.Model(inp, replay_after(model, cut, inp, until), name="upper")
+    return lower, upper
+
+
+def replay_after(model: keras.Model, cut: str, tensor, until: str | None = None, copy_as=None):
+    """Call ``model``'s layers after layer ``cut`` on ``tensor`` (standing for ``cut``'s output), in order, up
+    to layer ``until`` or the last; returns the output. ``copy_as(name)``, where given, names a fresh copy of
+    each layer (same configuration and weights) to call instead of the layer itself."""
+    names = [layer.name for layer in model.layers]
+    tensors = {cut: tensor}
+    for layer in model.layers[names.index(cut) + 1 :]:
         sources = layer_inputs(layer)
         missing = [s for s in sources if s not in tensors]
         if missing:
             raise ValueError(f"cannot cut at {cut}: {layer.name} also reads {missing}")
         args = [tensors[s] for s in sources]
-        tensors[layer.name] = layer(args if len(args) > 1 else args[0])
+        called = layer
+        if copy_as:
+            called = type(layer).from_config({**layer.get_config(), "name": copy_as(layer.name)})
+        tensors[layer.name] = called(args if len(args) > 1 else args[0])
+        if copy_as:
+            called.set_weights(layer.get_weights())
+            called.trainable = layer.trainable
         if layer.name == until:
             break
-    upper = keras.Model(inp, tensors[until or model.layers[-1].name], name="upper")
-    return lower, upper
+    return tensors[until or model.layers[-1].name]
 
 
 def set_trainable_from(model: keras.Model, first: str | None, freeze_batch_norm: bool = True) -> None:
