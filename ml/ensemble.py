@@ -9,8 +9,12 @@ on val and folded in exactly as for a single model (``ml.train.set_operating_poi
 one TFLite file. Grad-CAM adds the members' maps and the quality gate reads the mean of their pooled
 features (``ml.explain``).
 
-Serving cost: the two-member ensemble shipped runs at about 1.6 times one network's time (the shared blocks
-are 38% of the multiply-adds).
+A member file may itself be an ensemble: its networks join one by one, so a new network is added to the
+shipped ones with ``python -m ml.ensemble ml/models/skinsite.keras ml/runs/member2/skinsite.keras``.
+
+Serving cost grows by about 0.6 of one network's time per network (the shared blocks are 38% of the
+multiply-adds): measured with LiteRT at batch 1, two networks take about 1.6 times one network's time and
+three about 2.2 times. Three is what fits the 15 ms budget on the slowest machine this project has run on.
 """
 
 from __future__ import annotations
@@ -37,11 +41,33 @@ from .train import save  # noqa: E402
 log = logging.getLogger("ml.ensemble")
 
 
+def networks(model: keras.Model) -> list[tuple[str, object, np.ndarray, np.ndarray]]:
+    """The networks in ``model`` (one, or each member of an ensemble): per network, the layer holding its last
+    hidden vector, how to name a copy of one of its layers as member ``k``, and its raw output weights and bias.
+
+    An ensemble's last layer holds its members' output weights divided by their number and the mean of their
+    biases: giving each member that mean bias keeps the mean of all biases right when ensembles are combined.
+    """
+    probs = model.get_layer("probs")
+    kernel, bias = probs.get_weights()
+    (source,) = layer_inputs(probs)
+    if source != "members":
+        return [(source, member_name, kernel, bias)]
+    hidden = layer_inputs(model.get_layer("members"))
+    rows = np.split(kernel, np.cumsum([model.get_layer(h).output.shape[-1] for h in hidden])[:-1])
+
+    def renamed(i):  # member i's copy of layer ``name`` becomes member k's
+        return lambda k, name: member_name(k, name.removeprefix(member_name(i, "")))
+
+    return [(h, renamed(i), w * len(hidden), bias) for i, (h, w) in enumerate(zip(hidden, rows, strict=True))]
+
+
 def combine(members: list[keras.Model], cut: str) -> keras.Model:
-    """One Keras model averaging the logits of ``members`` (whose ``probs`` layers give raw logits).
+    """One Keras model averaging the logits of every network in ``members`` (whose ``probs`` layers give raw
+    logits); a member may itself be an ensemble, whose networks then count one by one.
 
     Layers up to and including ``cut`` are taken from the first member and must hold the same weights in
-    every member; each member's later layers are copied under the name ``member<k>_<name>``.
+    every member; each network's later layers are copied under the name ``member<k>_<name>``.
     """
     first = members[0]
     names = [layer.name for layer in first.layers]
@@ -54,16 +80,35 @@ def combine(members: list[keras.Model], cut: str) -> keras.Model:
             ):
                 raise ValueError(f"members differ below the cut, at {mine.name}: they cannot share it")
     shared = first.get_layer(cut).output
-    hidden = [  # each member's copy of its layers up to the head, on the shared blocks' output
-        replay_after(member, cut, shared, layer_inputs(member.get_layer("probs"))[0], partial(member_name, k))
-        for k, member in enumerate(members)
-    ]
-    heads = [member.get_layer("probs").get_weights() for member in members]
+    hidden, heads = [], []
+    for member in members:
+        for last, rename, kernel, bias in networks(member):
+            # this network's copy of its layers up to its last hidden vector, on the shared blocks' output
+            hidden.append(replay_after(member, cut, shared, last, partial(rename, len(heads))))
+            heads.append((kernel, bias))
     joined = layers.Concatenate(name="members")(hidden)
     probs = layers.Dense(len(CLASSES), activation="softmax", name="probs")
     out = probs(joined)
     probs.set_weights([np.concatenate([w for w, _ in heads]) / len(heads), np.mean([b for _, b in heads], axis=0)])
     return keras.Model(first.input, out, name="skinsite_mobilenetv2_ensemble")
+
+
+def member_entries(file: Path, meta: dict) -> list[dict]:
+    """What the ensemble's JSON says of each network in a member file (an ensemble's own entries, as they are)."""
+    if "members" in meta:
+        return meta["members"]
+    keep = ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")
+    return [
+        {
+            "file": file.name,
+            "version": meta["version"],
+            "recipe": meta["recipe"],
+            "kept_epoch": meta.get("kept_epoch"),
+            "train_seconds": meta["train_seconds"],
+            "history": meta["history"],
+            "val": {k: meta["val"][k] for k in keep},
+        }
+    ]
 
 
 def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY) -> dict:
@@ -75,21 +120,11 @@ def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ON
         if len({str(r[key]) for r in recipes}) > 1:
             raise ValueError(f"members differ in {key}: {[r[key] for r in recipes]}")
     model = combine([m for m, _ in loaded], recipes[0]["cut"])
+    entries = [entry for f, meta in zip(member_files, metas, strict=True) for entry in member_entries(f, meta)]
     result: dict = {
         "recipe": recipes[0] | {"name": "ensemble"},
-        "members": [
-            {
-                "file": f.name,
-                "version": meta["version"],
-                "recipe": meta["recipe"],
-                "kept_epoch": meta.get("kept_epoch"),
-                "train_seconds": meta["train_seconds"],
-                "history": meta["history"],
-                "val": {k: meta["val"][k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")},
-            }
-            for f, meta in zip(member_files, metas, strict=True)
-        ],
-        "train_seconds": round(sum(meta["train_seconds"] for meta in metas), 1),
+        "members": entries,
+        "train_seconds": round(sum(entry["train_seconds"] for entry in entries), 1),
         "data_dir": str(data_dir),
         "images": metas[0]["images"],
     }

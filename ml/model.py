@@ -88,12 +88,20 @@ def split_model(model: keras.Model, cut: str, until: str | None = None) -> tuple
 
 
 def replay_after(model: keras.Model, cut: str, tensor, until: str | None = None, copy_as=None):
-    """Call ``model``'s layers after layer ``cut`` on ``tensor`` (standing for ``cut``'s output), in order, up
-    to layer ``until`` or the last; returns the output. ``copy_as(name)``, where given, names a fresh copy of
-    each layer (same configuration and weights) to call instead of the layer itself."""
+    """Call the layers of ``model`` after layer ``cut`` that layer ``until`` (default: the last) depends on, in
+    order, on ``tensor`` (standing for ``cut``'s output); returns ``until``'s output. ``copy_as(name)``, where
+    given, names a fresh copy of each layer (same configuration and weights) to call instead of the layer."""
     names = [layer.name for layer in model.layers]
+    needed, todo = set(), [until or names[-1]]
+    while todo:  # ``until`` and what it reads, back to the cut (an ensemble's other members are left out)
+        name = todo.pop()
+        if name not in needed and name != cut:
+            needed.add(name)
+            todo.extend(layer_inputs(model.get_layer(name)))
     tensors = {cut: tensor}
     for layer in model.layers[names.index(cut) + 1 :]:
+        if layer.name not in needed:
+            continue
         sources = layer_inputs(layer)
         missing = [s for s in sources if s not in tensors]
         if missing:

@@ -74,6 +74,23 @@ def test_the_members_share_one_copy_of_the_lower_blocks(trio):
     assert combined == 3 * single - 2 * below - 2 * len(CLASSES)
 
 
+def test_an_ensemble_combined_with_another_network_counts_each_of_its_networks_once(trio):
+    from ml.ensemble import combine
+    from ml.metrics import softmax
+    from ml.model import member_layers
+
+    members, model = trio
+    pair = combine(members[:2], CUT)
+    grown = combine([pair, members[2]], CUT)  # how a third network joins a shipped pair
+    x = inputs()
+    expected = softmax(np.mean([np.log(m.predict(x, verbose=0)) for m in members], axis=0))
+    np.testing.assert_allclose(grown.predict(x, verbose=0), expected, atol=1e-5)
+    names = [layer.name for layer in member_layers(grown, "out_relu")]
+    assert names == ["member0_out_relu", "member1_out_relu", "member2_out_relu"]
+    assert sorted(layer.name for layer in grown.layers) == sorted(layer.name for layer in model.layers)
+    assert sum(np.prod(w.shape) for w in grown.weights) == sum(np.prod(w.shape) for w in model.weights)
+
+
 def test_members_that_differ_below_the_cut_are_refused(trio):
     from ml.ensemble import combine
     from ml.model import build_classifier
@@ -186,3 +203,8 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
     assert result["views"] == ["original", "rotated_180"]  # chosen on val over the views it will be served with
     assert (tmp_path / "out" / "skinsite.tflite").exists()
     assert json.loads((tmp_path / "out" / "skinsite.json").read_text())["version"] == result["version"]
+
+    # The built pair and one more network: the JSON lists the pair's members, then the newcomer.
+    grown = build([tmp_path / "out" / "skinsite.keras", files[1]], data_dir, tmp_path / "grown")
+    assert [m["version"] for m in grown["members"]] == ["member-0", "member-1", "member-1"]
+    assert grown["train_seconds"] == 50.0
