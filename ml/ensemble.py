@@ -13,8 +13,9 @@ A member file may itself be an ensemble: its networks join one by one, so a new 
 shipped ones with ``python -m ml.ensemble ml/models/skinsite.keras ml/runs/member2/skinsite.keras``.
 
 Serving cost grows by about 0.6 of one network's time per network (the shared blocks are 38% of the
-multiply-adds): measured with LiteRT at batch 1, two networks take about 1.6 times one network's time and
-three about 2.2 times. Three is what fits the 15 ms budget on the slowest machine this project has run on.
+multiply-adds): measured with LiteRT at batch 1, p50, in one interleaved run, one network took 5.4 ms, two
+8.8 ms, three 12.3 ms and four 15.5 ms. On the slowest machine this project has run on, two networks took
+9.7 ms (``python -m ml.bench``); three, not measured there, scale to about 13.5 ms, under the 15 ms budget.
 """
 
 from __future__ import annotations
