@@ -70,7 +70,7 @@ def recalibrate(model_file: Path, data_dir: Path, views: list[str] | None = None
     result = {k: v for k, v in meta.items() if k not in ("logit_adjustment", "val_before_calibration", "val")}
     result.update(choose_on_val(model, meta["recipe"], data_dir, views or served_views(meta)))
     result["recalibrated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    return save(model, model_file.parent, model_file.stem, result)
+    return save(model, model_file.parent, model_file.stem, result, meta["recipe"].get("half_precision", False))
 
 
 def main(argv: list[str] | None = None) -> None:

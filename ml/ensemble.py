@@ -10,12 +10,15 @@ one TFLite file. Grad-CAM adds the members' maps and the quality gate reads the 
 features (``ml.explain``).
 
 A member file may itself be an ensemble: its networks join one by one, so a new network is added to the
-shipped ones with ``python -m ml.ensemble ml/models/skinsite.keras ml/runs/member2/skinsite.keras``.
+shipped ones with ``python -m ml.ensemble ml/models/skinsite.keras ml/runs/member2/skinsite.keras``, and
+``python -m ml.ensemble ml/models/skinsite.keras`` alone builds the shipped networks again (for example to
+store an older float32 ensemble in half precision, which the operating point is then chosen for).
 
 Serving cost grows by about 0.6 of one network's time per network (the shared blocks are 38% of the
 multiply-adds): measured with LiteRT at batch 1, p50, in one interleaved run, one network took 5.4 ms, two
-8.8 ms, three 12.3 ms and four 15.5 ms. On the slowest machine this project has run on, two networks took
-9.7 ms (``python -m ml.bench``); three, not measured there, scale to about 13.5 ms, under the 15 ms budget.
+8.8 ms, three 12.3 ms and four 15.5 ms. Machines differ a lot: ``python -m ml.bench`` gave the three networks
+8.99 ms p50 on one session's 2-core machine and 16-25 ms on a later session's (float32 and float16 files alike,
+interleaved), which is over the 15 ms budget.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from keras import layers  # noqa: E402
 
 from . import paths  # noqa: E402
 from .calibrate import choose_on_val, load_raw, views_option  # noqa: E402
+from .export import round_to_half  # noqa: E402
 from .inference import ORIGINAL_ONLY  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .model import layer_inputs, member_name, replay_after  # noqa: E402
@@ -112,25 +116,32 @@ def member_entries(file: Path, meta: dict) -> list[dict]:
     ]
 
 
-def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY) -> dict:
-    """Combine the members, choose the operating point on val over the test-time ``views``, save as ``skinsite``."""
+def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY, half: bool = True) -> dict:
+    """Combine the members, choose the operating point on val over the test-time ``views``, save as ``skinsite``.
+
+    ``half``: the combined weights are rounded to float16 first, and stored so (ml/export.py)."""
     loaded = [load_raw(f) for f in member_files]
     metas = [meta for _, meta in loaded]
     recipes = [meta["recipe"] for meta in metas]
     for key in ("cut", "input_size"):
         if len({str(r[key]) for r in recipes}) > 1:
             raise ValueError(f"members differ in {key}: {[r[key] for r in recipes]}")
+    if sum(len(networks(m)) for m, _ in loaded) < 2:
+        raise ValueError("an ensemble needs at least two networks")
+    if half:  # before the operating point is chosen: it is chosen for the weights shipped
+        for member, _ in loaded:  # each member, so that a float32 one shares the others' rounded lower blocks
+            round_to_half(member)
     model = combine([m for m, _ in loaded], recipes[0]["cut"])
     entries = [entry for f, meta in zip(member_files, metas, strict=True) for entry in member_entries(f, meta)]
     result: dict = {
-        "recipe": recipes[0] | {"name": "ensemble"},
+        "recipe": recipes[0] | {"name": "ensemble", "half_precision": half},
         "members": entries,
         "train_seconds": round(sum(entry["train_seconds"] for entry in entries), 1),
         "data_dir": str(data_dir),
         "images": metas[0]["images"],
     }
     result.update(choose_on_val(model, result["recipe"], data_dir, views))
-    return save(model, out, "skinsite", result)
+    return save(model, out, "skinsite", result, half)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if len(args.members) < 2:
-        parser.error("an ensemble needs at least two members")
-    result = build(args.members, args.data_dir, args.out, args.views)
+    try:
+        result = build(args.members, args.data_dir, args.out, args.views)
+    except ValueError as error:
+        parser.error(str(error))
     v = result["val"]
     print(
         f"{result['version']}: val accuracy {v['accuracy']:.4f}, balanced accuracy {v['balanced_accuracy']:.4f}, "

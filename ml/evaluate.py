@@ -291,6 +291,11 @@ def model_card(meta: dict, metrics: dict) -> str:
             f"- On val at that point: accuracy {fmt(val['accuracy'])}, balanced accuracy {fmt(val['balanced_accuracy'])}, "
             f"macro AUC {fmt(val['macro_auc'])}, melanoma recall {fmt(val['melanoma_recall'])}.",
         ]
+    if meta.get("weights") == "float16":
+        lines.append(
+            "- Weights rounded to float16 before the operating point was chosen, and stored so in both files (half "
+            "their float32 size); the model computes in float32."
+        )
     lines += [
         "",
         "![training curves](training_curves.png)",

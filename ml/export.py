@@ -1,19 +1,62 @@
-"""Export a Keras classifier to a TFLite (LiteRT) flatbuffer for serving."""
+"""Writing a Keras classifier for serving: its TFLite (LiteRT) flatbuffer, and half-precision storage.
+
+Half precision halves the shipped files (a three-network ensemble is 32 MB in float32) at no cost in speed:
+the weights are stored as float16 and computed in float32. :func:`round_to_half` makes the Keras model hold
+exactly those float16 values, so the Keras file (Grad-CAM, further training) and the TFLite file (serving)
+are the same model; they still differ by a few 1e-4 in probability, because the converter folds each frozen
+batch norm into its convolution before rounding, where the Keras model rounds the two apart.
+"""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 
-def to_tflite(model: keras.Model, path: str | Path) -> Path:
-    """Write ``model`` as float32 TFLite (dynamic batch dimension) through a SavedModel; returns the path."""
+def round_to_half(model: keras.Model) -> None:
+    """Round every weight of ``model`` to the nearest float16 value (kept as float32), in place.
+
+    Raises ValueError, changing nothing, where a weight lies beyond float16's range (65504)."""
+    weights = [np.asarray(w) for w in model.get_weights()]
+    limit = float(np.finfo(np.float16).max)
+    for variable, w in zip(model.weights, weights, strict=True):
+        if w.size and np.abs(w).max() > limit:
+            raise ValueError(f"{variable.path} holds {np.abs(w).max():.3g}, beyond float16's range: keep float32")
+    model.set_weights([w.astype(np.float16).astype(np.float32) for w in weights])
+
+
+def deflate(path: str | Path) -> Path:
+    """Rewrite a zip file (a ``.keras`` file is one) with every member compressed: float16-rounded float32
+    weights have 13 zero bits each, which Keras's own uncompressed zip keeps."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as dst:
+        for info in src.infolist():
+            packed = zipfile.ZipInfo(info.filename, info.date_time)
+            packed.compress_type = zipfile.ZIP_DEFLATED
+            with src.open(info) as member, dst.open(packed, "w") as out:
+                shutil.copyfileobj(member, out, 1 << 20)
+    tmp.replace(path)
+    return path
+
+
+def to_tflite(model: keras.Model, path: str | Path, half: bool = False) -> Path:
+    """Write ``model`` as TFLite (dynamic batch dimension) through a SavedModel; returns the path.
+
+    ``half``: weights stored as float16 (dequantised to float32 when the interpreter loads them)."""
+    import tensorflow as tf
+
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         model.export(tmp, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if half:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
         path.write_bytes(converter.convert())
     return path

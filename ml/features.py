@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -46,7 +47,7 @@ def compute_activations(
             x = np.stack(list(pending))
             if n + 1 < len(chunks):
                 pending = pool.map(lambda i: _load(paths[i], copy, i, seed, size), range(*chunks[n + 1]))
-            y = lower(x, training=False).numpy().astype(np.float16)
+            y = keras.ops.convert_to_numpy(lower(x, training=False)).astype(np.float16)
             if out is None:
                 out = np.empty((len(paths), *y.shape[1:]), np.float16)
             out[start:stop] = y

@@ -10,11 +10,17 @@ Both recipes fine-tune from cached activations of the frozen lower MobileNetV2 b
   probabilities it decides on.
 
 Networks trained with different seeds can be served together as one model: see ``ml.ensemble``.
+
+Training runs on any Keras backend: the shipped networks were trained with TensorFlow on a CPU; on a GPU
+machine without TensorFlow, ``KERAS_BACKEND=jax`` trains the same recipe (the Keras file is written, and the
+TFLite export is left to ``ml.ensemble`` or ``ml.calibrate`` where TensorFlow is). ``--set FIELD=VALUE`` changes
+any field of the recipe; ``ml.sweep`` compares such variants on val.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import logging
@@ -29,11 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import data, features, paths  # noqa: E402
-from .export import to_tflite  # noqa: E402
+from .export import deflate, round_to_half, to_tflite  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import choose_operating_point, fit_temperature, operating_bias, softmax, summary  # noqa: E402
 from .model import build_classifier, fold_output_adjustment, set_trainable_from, split_model  # noqa: E402
@@ -76,6 +81,9 @@ class Recipe:
     input_size: tuple[int, int] = INPUT_SIZE
     alpha: float = 1.0  # MobileNetV2 width; the ImageNet weights are for 1.0
     freeze_batch_norm: bool = True  # always with ImageNet weights (see the weights' README)
+    # Weights rounded to float16 before the operating point is chosen, and stored so (ml/export.py): half the
+    # file size; the model computes in float32 as before.
+    half_precision: bool = True
 
 
 RECIPES = {
@@ -115,6 +123,16 @@ def running_mean(average: list | None, weights: list, count: int) -> list:
     return [a + (w - a) / count for a, w in zip(average, weights, strict=True)]
 
 
+def compiled(model: keras.Model):
+    """``model`` in inference mode as one compiled function of a batch (a ``tf.function`` on TensorFlow, where
+    the shipped networks were trained; Keras's own compiled predict step on the other backends)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda x, training=False: model(x, training=False))
+    return lambda x, training=False: model.predict_on_batch(np.asarray(x))
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -141,7 +159,7 @@ def train(
     )
     set_trainable_from(model, recipe.trainable_from, recipe.freeze_batch_norm)
     lower, upper = split_model(model, recipe.cut)
-    lower_fn = tf.function(lambda x, training=False: lower(x, training=False))
+    lower_fn = compiled(lower)
     key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed) + (f"_limit{limit}" if limit else "")
     cache = cache_dir / key
 
@@ -156,10 +174,10 @@ def train(
         # Frozen base: run it once per cached copy, then only the head trains (same maths, far cheaper).
         to_pool = split_model(model, recipe.cut, until="pool")[1]
         trained = split_model(model, "pool")[1]
-        pool_fn = tf.function(lambda x: to_pool(x, training=False))
+        pool_fn = compiled(to_pool)
 
         def pooled(a: np.ndarray) -> np.ndarray:
-            return np.concatenate([pool_fn(a[i : i + 256]).numpy() for i in range(0, len(a), 256)])
+            return np.concatenate([keras.ops.convert_to_numpy(pool_fn(a[i : i + 256])) for i in range(0, len(a), 256)])
 
         train_inputs = np.stack([pooled(a) for a in tqdm(train_acts, desc="pooling copies")])
         val_inputs = pooled(val_acts)
@@ -231,9 +249,14 @@ def train(
     if best_weights is not None:
         model.set_weights(best_weights)
         log.info("kept epoch %d: val %s %.4f", kept, recipe.select_on, history[kept - 1][recipe.select_on])
+    if recipe.half_precision:
+        round_to_half(model)  # the operating point is chosen on the weights that are shipped
 
     result: dict = {"recipe": asdict(recipe), "history": history, "kept_epoch": kept}
     val_probs = trained.predict(val_x, batch_size=256, verbose=0)
+    # The raw val logits, for comparing runs and their combinations without loading each model again.
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{out_name(recipe)}.val_logits.npy", np.log(np.clip(val_probs, 1e-12, None)).astype(np.float32))
     if recipe.adjust_and_calibrate:
         prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
         result.update(set_operating_point(model, y_val, np.log(np.clip(val_probs, 1e-12, None)), prior, recipe))
@@ -244,7 +267,7 @@ def train(
         data_dir=str(data_dir),
         images={p: int((frame["split"] == p).sum()) for p in ("train", "val", "test")},
     )
-    return save(model, out, out_name(recipe), result)
+    return save(model, out, out_name(recipe), result, recipe.half_precision)
 
 
 def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.ndarray, recipe: Recipe) -> dict:
@@ -264,13 +287,22 @@ def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.
     }
 
 
-def save(model, out: Path, name: str, result: dict) -> dict:
-    """Write the Keras file, its TFLite export and the JSON beside them; the version names the TFLite hash."""
+def save(model, out: Path, name: str, result: dict, half: bool = True) -> dict:
+    """Write the Keras file, its TFLite export and the JSON beside them; the version names the TFLite hash.
+
+    ``half``: weights rounded to float16 (in place) and stored so in both files (see ml/export.py)."""
     out.mkdir(parents=True, exist_ok=True)
     keras_file, tflite_file = out / f"{name}.keras", out / f"{name}.tflite"
+    if half:
+        round_to_half(model)  # a no-op where they already are; the last layer may have had an adjustment folded in
     model.save(keras_file, include_optimizer=False)
-    to_tflite(model, tflite_file)
-    digest = sha256(tflite_file)
+    if half:
+        deflate(keras_file)
+    backend = keras.backend.backend()
+    files = [keras_file]
+    if backend == "tensorflow":  # the TFLite export needs TensorFlow: elsewhere ml.ensemble or ml.calibrate makes it
+        files.append(to_tflite(model, tflite_file, half))
+    digest = sha256(files[-1])
     stamp = datetime.now(UTC)
     result.update(
         name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
@@ -278,20 +310,38 @@ def save(model, out: Path, name: str, result: dict) -> dict:
         created_at=stamp.isoformat(timespec="seconds"),
         classes=list(CLASSES),
         input_size=list(result["recipe"]["input_size"]),
-        files={keras_file.name: sha256(keras_file), tflite_file.name: digest},
+        files={file.name: sha256(file) for file in files},
         python=sys.version.split()[0],
-        tensorflow=tf.__version__,
+        keras=keras.__version__,
+        backend=backend,
+        weights="float16" if half else "float32",
     )
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        result["tensorflow"] = tf.__version__
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     log.info("saved %s (%s)", keras_file, result["version"])
     return result
+
+
+def recipe_setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` for one field of :class:`Recipe`, VALUE as a Python literal (a bare word is a string)."""
+    field, sep, value = text.partition("=")
+    if not sep or field not in Recipe.__dataclass_fields__ or field == "name":
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD a recipe field, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return field, tuple(parsed) if isinstance(parsed, list) else parsed
 
 
 def out_name(recipe: Recipe) -> str:
     return "skinsite" if recipe.name == "improved" else recipe.name
 
 
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="improved")
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
@@ -303,11 +353,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--copies", type=int)
     parser.add_argument("--limit", type=int, help="only N images per split part (smoke test)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        type=recipe_setting,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any other field of the recipe, e.g. --set learning_rate=3e-4 (repeatable)",
+    )
+    return parser
 
-    recipe = RECIPES[args.recipe]
+
+def recipe_from(args: argparse.Namespace) -> Recipe:
     overrides = {k: v for k in ("seed", "head_seed", "epochs", "copies") if (v := getattr(args, k)) is not None}
-    recipe = replace(recipe, **overrides)
+    return replace(RECIPES[args.recipe], **{**dict(args.set), **overrides})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    recipe = recipe_from(args)
     out = args.out or (paths.MODELS_DIR if recipe.name == "improved" else paths.RUNS_DIR / recipe.name)
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(

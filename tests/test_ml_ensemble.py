@@ -194,7 +194,8 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
         unfolded, _ = load_raw(file)  # the member's own operating point and temperature undone
         np.testing.assert_allclose(unfolded.predict(x, verbose=0), np.exp(logits), atol=1e-5)
 
-    result = build(files, data_dir, tmp_path / "out", views=("original", "rotated_180"))
+    # half=False: these untrained members' heads are scaled past float16's range (see tiny_members).
+    result = build(files, data_dir, tmp_path / "out", views=("original", "rotated_180"), half=False)
     assert result["version"].startswith("mnv2-ham10000-ensemble-")
     assert [m["version"] for m in result["members"]] == ["member-0", "member-1"]
     assert [m["recipe"]["seed"] for m in result["members"]] == [0, 1]
@@ -205,6 +206,39 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
     assert json.loads((tmp_path / "out" / "skinsite.json").read_text())["version"] == result["version"]
 
     # The built pair and one more network: the JSON lists the pair's members, then the newcomer.
-    grown = build([tmp_path / "out" / "skinsite.keras", files[1]], data_dir, tmp_path / "grown")
+    grown = build([tmp_path / "out" / "skinsite.keras", files[1]], data_dir, tmp_path / "grown", half=False)
     assert [m["version"] for m in grown["members"]] == ["member-0", "member-1", "member-1"]
     assert grown["train_seconds"] == 50.0
+
+
+def test_a_half_precision_build_rounds_every_member_so_a_float32_one_joins_a_rounded_ensemble(trio):
+    import keras
+
+    from ml.ensemble import combine
+    from ml.export import round_to_half
+
+    members, _ = trio
+    copies = [keras.models.clone_model(m) for m in members[:2]]
+    for copy, member in zip(copies, members[:2], strict=True):
+        copy.set_weights([w / np.abs(w).max() if w.size and np.abs(w).max() > 1e4 else w for w in member.get_weights()])
+    round_to_half(copies[0])
+    with pytest.raises(ValueError, match="differ below the cut"):  # float32 lower blocks against rounded ones
+        combine(copies, CUT)
+    round_to_half(copies[1])
+    pair = combine(copies, CUT)
+    assert all(np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in pair.get_weights())
+
+
+def test_weights_beyond_float16_range_are_refused_not_turned_into_infinity(trio):
+    import keras
+
+    from ml.export import round_to_half
+
+    members, _ = trio
+    copy = keras.models.clone_model(members[0])
+    copy.set_weights(members[0].get_weights())
+    before = [w.copy() for w in copy.get_weights()]
+    assert max(np.abs(w).max() for w in before if w.size) > 65504  # tiny_members scales the head up
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        round_to_half(copy)
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), before, strict=True))  # nothing changed

@@ -67,5 +67,7 @@ def test_the_served_probabilities_match_the_keras_model(classifier):
 
     net = keras.models.load_model(paths.SHIPPED_MODEL.with_suffix(".keras"))
     batch = np.stack([preprocess(p, classifier.input_size) for p in held_out_handful(1)["path"]])
-    np.testing.assert_allclose(classifier.predict_arrays(batch), net.predict(batch, verbose=0), atol=1e-4)
+    # Both files hold the same float16 weights, but the TFLite converter folds batch norm into the convolutions
+    # before rounding them (ml/export.py): measured on 128 val images, at most 4.5e-4 apart (p99 2.9e-4).
+    np.testing.assert_allclose(classifier.predict_arrays(batch), net.predict(batch, verbose=0), atol=1e-3)
     assert batch.shape[0] == len(CLASSES)

@@ -1,0 +1,143 @@
+"""Compare recipe variants on val: ``python -m ml.sweep --out DIR [--seeds 2,3,4] [--parallel N]``.
+
+Each variant (a few ``ml.train --set`` overrides of the improved recipe, at the cost of one ensemble member:
+4 cached copies, 12 epochs) is trained with each seed as its own ``ml.train`` process, several at a time, and
+judged on val only, from the raw val logits each run leaves (``skinsite.val_logits.npy``): macro AUC, melanoma
+AUC and log loss, and the accuracy, balanced accuracy and melanoma recall at the operating point the run chose.
+Seeds matter as much as most knobs here, so a variant is compared by its mean over seeds.
+
+Meant for a machine with a GPU and many cores (Keras runs on JAX or TensorFlow there); on this project's
+2-core CPU one run takes about 27 minutes. Runs not started by ``--launch-until`` seconds are skipped, and
+runs still going at ``--kill-at`` are stopped, so a sweep fits a fixed lease. The first run of each cache
+(the recipe's cut and the seed) runs alone before the others that share its cached activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data, paths
+from .labels import CLASSES
+from .metrics import softmax, summary
+
+MEL = CLASSES.index("mel")
+MEMBER = ["--copies", "4", "--epochs", "12"]
+VARIANTS: dict[str, list[str]] = {
+    "base": [],
+    "deeper": ["--set", "cut='block_2_add'", "--set", "trainable_from='block_3_expand'"],
+    "cw075": ["--set", "class_weight_power=0.75"],
+    "lr4e4": ["--set", "learning_rate=4e-4"],
+    "ls0": ["--set", "label_smoothing=0.0"],
+    "wide": ["--set", "units=512", "--set", "dropout=0.5"],
+    "e20": ["--epochs", "20"],
+}
+OWN_CACHE = ("base", "deeper")  # variants whose cut differs; the others read base's cache
+
+
+def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Path, weights: Path) -> list[str]:
+    return [
+        *(sys.executable, "-m", "ml.train", "--seed", str(seed), *MEMBER, *VARIANTS[variant]),
+        *("--out", str(out), "--cache-dir", str(cache), "--data-dir", str(data_dir), "--weights", str(weights)),
+    ]
+
+
+def run_all(args: argparse.Namespace) -> None:
+    start = time.time()
+    first = [(v, s) for v in OWN_CACHE for s in args.seeds]
+    rest = [(v, s) for s in args.seeds for v in VARIANTS if v not in OWN_CACHE]
+    running: dict[tuple[str, int], subprocess.Popen] = {}
+    finished: set[tuple[str, int]] = set()
+    while first or rest or running:
+        for key, proc in list(running.items()):
+            if proc.poll() is not None:
+                print(f"[{time.time() - start:5.0f} s] {key} exit {proc.returncode}", flush=True)
+                del running[key]
+                finished.add(key)
+        if time.time() - start > args.launch_until:
+            first, rest = [], []
+        ready = [k for k in rest if ("base", k[1]) in finished]
+        while (first or ready) and len(running) < args.parallel:
+            key = first.pop(0) if first else ready.pop(0)
+            if key in rest:
+                rest.remove(key)
+            out = args.out / f"{key[0]}_s{key[1]}"
+            out.mkdir(parents=True, exist_ok=True)
+            command = run_arguments(*key, out, args.cache_dir, args.data_dir, args.weights)
+            with open(out / "stdout.txt", "w") as log:  # the child keeps its own handle
+                running[key] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            print(f"[{time.time() - start:5.0f} s] start {key}", flush=True)
+        if not running and not ready and not first:
+            break  # what is left waits for a base run that failed
+        if time.time() - start > args.kill_at:
+            for key, proc in running.items():
+                proc.kill()
+                print(f"[{time.time() - start:5.0f} s] stopped {key}", flush=True)
+            break
+        time.sleep(2)
+
+
+def judge(runs: Path, data_dir: Path) -> dict:
+    """Every finished run's val figures, and the variants ranked by mean val macro AUC over their seeds."""
+    from sklearn.metrics import roc_auc_score
+
+    frame = data.load_dataset(data_dir)
+    y = data.part(frame, "val")["label"].to_numpy()
+    rows = []
+    for logits_file in sorted(runs.glob("*/skinsite.val_logits.npy")):
+        probs = softmax(np.load(logits_file))
+        meta = json.loads(logits_file.with_name("skinsite.json").read_text())
+        rows.append(
+            {
+                "run": logits_file.parent.name,
+                "variant": logits_file.parent.name.rsplit("_s", 1)[0],
+                "seed": meta["recipe"]["seed"],
+                "macro_auc": summary(y, probs)["macro_auc"],
+                "melanoma_auc": float(roc_auc_score(y == MEL, probs[:, MEL])),
+                "log_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
+                "at_operating_point": {k: meta["val"][k] for k in ("accuracy", "balanced_accuracy", "melanoma_recall")},
+                "train_seconds": meta["train_seconds"],
+                "backend": meta.get("backend", "tensorflow"),
+            }
+        )
+    ranking = []
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        if mine:
+            mean = {k: float(np.mean([r[k] for r in mine])) for k in ("macro_auc", "melanoma_auc", "log_loss")}
+            ranking.append({"variant": variant, "arguments": VARIANTS[variant], "seeds": len(mine), **mean})
+    ranking.sort(key=lambda r: -r["macro_auc"])
+    return {"runs": rows, "ranking": ranking}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ml.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="one folder per run, and sweep.json")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4])
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--launch-until", type=float, default=float("inf"), help="seconds")
+    parser.add_argument("--kill-at", type=float, default=float("inf"), help="seconds")
+    parser.add_argument("--judge-only", action="store_true", help="only judge the runs already in --out")
+    parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    parser.add_argument("--weights", type=Path, default=paths.IMAGENET_WEIGHTS)
+    parser.add_argument("--cache-dir", type=Path, default=paths.CACHE_DIR)
+    args = parser.parse_args(argv)
+    if not args.judge_only:
+        run_all(args)
+    result = judge(args.out, args.data_dir)
+    (args.out / "sweep.json").write_text(json.dumps(result, indent=2))
+    for r in result["ranking"]:
+        print(
+            f"{r['variant']:8s} {r['seeds']} seed(s): val macro AUC {r['macro_auc']:.4f}, "
+            f"melanoma AUC {r['melanoma_auc']:.4f}, log loss {r['log_loss']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""ml.sweep: every variant is a valid ml.train command line, and runs are judged from their val logits."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ml.labels import CLASSES
+
+pytest.importorskip("keras")
+
+
+def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
+    from ml import sweep
+    from ml.train import argument_parser, recipe_from
+
+    recipes = {}
+    for variant in sweep.VARIANTS:
+        command = sweep.run_arguments(variant, 3, tmp_path / "out", tmp_path / "cache", tmp_path, tmp_path / "w.h5")
+        assert command[1:3] == ["-m", "ml.train"]
+        recipes[variant] = recipe_from(argument_parser().parse_args(command[3:]))
+    base = recipes["base"]
+    assert (base.seed, base.copies, base.epochs) == (3, 4, 12)
+    assert recipes["deeper"].cut == "block_2_add" and recipes["deeper"].trainable_from == "block_3_expand"
+    assert recipes["lr4e4"].learning_rate == 4e-4 and recipes["ls0"].label_smoothing == 0.0
+    assert recipes["e20"].epochs == 20  # the later --epochs wins
+    assert (recipes["wide"].units, recipes["wide"].dropout) == (512, 0.5)
+    # Every variant but base changes the recipe, and only the ones with their own cache change the cut.
+    assert all(recipes[v] != base for v in sweep.VARIANTS if v != "base")
+    assert {v for v in sweep.VARIANTS if recipes[v].cut != base.cut} == set(sweep.OWN_CACHE) - {"base"}
+
+
+def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
+    from ml import sweep
+
+    from .test_ml_pipeline import synthetic_ham
+
+    data_dir = synthetic_ham(tmp_path / "ham")
+    y = np.array([CLASSES.index(dx) for dx in sorted_val_labels(data_dir)])
+    one_hot = np.eye(len(CLASSES))[y]
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    for name, logits in {
+        "base_s2": 5 * one_hot,  # every val image right, with margin
+        "base_s3": rng.normal(size=one_hot.shape),  # chance
+        "ls0_s2": 5 * one_hot + rng.normal(size=one_hot.shape),
+    }.items():
+        (runs / name).mkdir(parents=True)
+        np.save(runs / name / "skinsite.val_logits.npy", logits.astype(np.float32))
+        val = {"accuracy": 0.5, "balanced_accuracy": 0.4, "melanoma_recall": 0.7}
+        meta = {"recipe": {"seed": int(name[-1])}, "val": val, "train_seconds": 1.0, "backend": "jax"}
+        (runs / name / "skinsite.json").write_text(json.dumps(meta))
+
+    result = sweep.judge(runs, data_dir)
+    by_run = {r["run"]: r for r in result["runs"]}
+    assert by_run["base_s2"]["macro_auc"] == pytest.approx(1.0)
+    assert by_run["base_s2"]["log_loss"] < 0.1 < by_run["base_s3"]["log_loss"]
+    assert by_run["base_s3"]["variant"] == "base" and by_run["base_s3"]["seed"] == 3
+    base = next(r for r in result["ranking"] if r["variant"] == "base")
+    assert base["seeds"] == 2
+    assert base["macro_auc"] == pytest.approx((1.0 + by_run["base_s3"]["macro_auc"]) / 2)
+    assert [r["variant"] for r in result["ranking"]] == ["ls0", "base"]  # ls0 separates every class
+
+
+def sorted_val_labels(data_dir):
+    from ml import data
+
+    return data.part(data.load_dataset(data_dir), "val")["dx"].tolist()
