@@ -36,7 +36,7 @@ def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
     from .test_ml_pipeline import synthetic_ham
 
     data_dir = synthetic_ham(tmp_path / "ham")
-    y = np.array([CLASSES.index(dx) for dx in sorted_val_labels(data_dir)])
+    y = np.array([CLASSES.index(dx) for dx in val_labels(data_dir)])
     one_hot = np.eye(len(CLASSES))[y]
     runs = tmp_path / "runs"
     rng = np.random.default_rng(0)
@@ -62,7 +62,7 @@ def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
     assert [r["variant"] for r in result["ranking"]] == ["ls0", "base"]  # ls0 separates every class
 
 
-def sorted_val_labels(data_dir):
+def val_labels(data_dir):
     from ml import data
 
     return data.part(data.load_dataset(data_dir), "val")["dx"].tolist()
