@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import keras
@@ -59,4 +60,41 @@ def to_tflite(model: keras.Model, path: str | Path, half: bool = False) -> Path:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
         path.write_bytes(converter.convert())
+    return path
+
+
+# Left in float by :func:`to_int8_tflite`: the members' dense layers and the softmax hold few multiply-adds, and
+# an 8-bit softmax could only say probabilities in steps of 1/256.
+FLOAT_OPS = ("FULLY_CONNECTED", "SOFTMAX")
+
+
+def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[np.ndarray]) -> Path:
+    """Write ``model`` as TFLite with its convolutions in 8-bit integers (weights per channel, activations per
+    tensor, their ranges measured on the ``calibration`` arrays, each (h, w, 3) and preprocessed); input,
+    dense layers, softmax and output stay float32. Returns the path.
+
+    Not what the service runs: ``python -m ml.quantize`` measures what it would cost and save."""
+    import tensorflow as tf
+
+    arrays = [np.asarray(a, dtype=np.float32)[None] for a in calibration]
+    if not arrays:
+        raise ValueError("int8 quantisation needs calibration images")
+
+    def samples():
+        for a in arrays:
+            yield [a]
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = samples
+        # The quantisation debugger is TensorFlow's way to leave chosen op types in float.
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter,
+            debug_dataset=samples,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS)),
+        )
+        path.write_bytes(debugger.get_nondebug_quantized_model())
     return path

@@ -156,6 +156,50 @@ def test_saved_weights_are_float16_values_in_a_compressed_keras_file(tiny_run):
     assert stored["model.weights.h5"].compress_size < 0.8 * stored["model.weights.h5"].file_size
 
 
+def test_an_int8_copy_is_measured_against_the_served_file_on_val(tiny_run, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ml.quantize import compare
+
+    result = compare(tiny_run["model_dir"] / "skinsite.keras", tiny_run["data_dir"], tmp_path, 8, repeats=3)
+    int8_file = tmp_path / "skinsite.tflite"
+    interpreter = Interpreter(model_path=str(int8_file))
+    dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
+    assert np.int8 in dtypes  # convolutions in 8 bits
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    assert result["int8_model"].endswith(
+        "-int8-" + json.loads((tmp_path / "skinsite.json").read_text())["files"]["skinsite.tflite"][:8]
+    )
+    assert result["val_images"] == 3 * len(CLASSES)
+    assert result["calibration_images"] == 8
+    for name in ("served", "int8"):
+        assert result[name]["batch1_p50_ms"] > 0
+        figures = result[name]["val"]
+        assert 0 <= figures["served_point"]["accuracy"] <= 1
+        assert 0 <= figures["own_point"]["balanced_accuracy"] <= 1
+        assert 0 <= figures["raw_melanoma_auc"] <= 1
+    # The softmax stays float: probabilities are not steps of 1/256, and they still sum to 1.
+    from ml.inference import Classifier
+    from ml.preprocess import preprocess
+
+    images = sorted((tiny_run["data_dir"] / "images").glob("*.jpg"))[:6]
+    probs = Classifier(int8_file).predict_arrays(np.stack([preprocess(p, (64, 64)) for p in images]))
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(probs * 256, np.round(probs * 256), atol=1e-3)
+    assert result["answers_differ"] <= 0.5, result
+
+
+def test_raw_logits_undo_the_folded_operating_point_and_temperature():
+    from ml.metrics import softmax
+    from ml.quantize import raw_logits
+
+    z = np.random.default_rng(0).normal(size=(5, len(CLASSES)))
+    bias = np.linspace(-1, 1, len(CLASSES))
+    meta = {"logit_adjustment": {"bias": bias.tolist()}, "temperature": 1.7}
+    back = raw_logits(softmax((z + bias) / 1.7), meta)
+    np.testing.assert_allclose(back - back[:, :1], z - z[:, :1], atol=1e-6)
+
+
 def test_a_recipe_field_can_be_set_from_the_command_line():
     import argparse
 
