@@ -81,6 +81,10 @@ class CaseAdmin(admin.ModelAdmin):
     autocomplete_fields = ["patient", "clinician"]
     date_hierarchy = "opened_on"
 
+    def get_readonly_fields(self, request, obj=None):
+        # A case's images, results and reports name its patient: it is never moved to another one.
+        return ["patient"] if obj else []
+
 
 class LesionImageAdminForm(forms.ModelForm):
     """The admin is a door too: a new or replaced file meets the same checks as the web form and the API."""
@@ -110,6 +114,11 @@ class LesionImageAdmin(admin.ModelAdmin):
     autocomplete_fields = ["case"]
     readonly_fields = ["original_filename", "sha256", "width", "height", "uploaded_by", "uploaded_at"]
     date_hierarchy = "uploaded_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        # A stored image's analyses, heatmaps and reports were made from that file for that case: neither is
+        # swapped afterwards (a new image is added instead, and analysed).
+        return [*self.readonly_fields, "case", "image"] if obj else self.readonly_fields
 
     def save_model(self, request, obj, form, change):
         if "image" in form.changed_data:

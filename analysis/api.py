@@ -240,6 +240,10 @@ class CaseSerializer(serializers.ModelSerializer):
         extra_kwargs = {"body_site": {"required": True}}
 
     def validate(self, attrs):
+        if self.instance is not None and attrs.get("patient", self.instance.patient) != self.instance.patient:
+            # Its images, results and reports name the patient: a case opened for the wrong one is closed and
+            # a new one opened for the right one, so that nothing already issued names someone else.
+            raise serializers.ValidationError({"patient": "A case stays with its patient: open a new case instead."})
         opened = attrs.get("opened_on", getattr(self.instance, "opened_on", None) or timezone.localdate())
         closed = attrs.get("closed_on", getattr(self.instance, "closed_on", None))
         if closed is not None and closed < opened:
@@ -341,6 +345,14 @@ class LesionImageSerializer(serializers.ModelSerializer):
         return AnalysisSummarySerializer(latest).data if latest else None
 
 
+class LesionImageFilter(django_filters.FilterSet):
+    case = IdFilter(field_name="case")
+
+    class Meta:
+        model = LesionImage
+        fields = ["case"]
+
+
 class LesionImageViewSet(
     AuditedMixin,
     BoundedBodyMixin,
@@ -353,7 +365,9 @@ class LesionImageViewSet(
 
     serializer_class = LesionImageSerializer
     parser_classes = [MultiPartParser, FormParser]
-    filterset_fields = ["case"]
+    # Not filterset_fields: its choice filter answers 400 for a case id that does not exist and 200 for
+    # another clinic's, telling the two apart.
+    filterset_class = LesionImageFilter
 
     def get_queryset(self):
         return for_clinic(self.request.user, LesionImage).select_related("case").prefetch_related("analyses")

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES
 from analysis.models import Analysis, AuditEvent, Case, Patient
+from analysis.services import CLOSED_CASE
 from analysis.uploads import UploadRejected, validate_image_file
 
 
@@ -101,7 +102,7 @@ class UploadForm(forms.Form):
 
     def clean(self):
         if not self.case.is_open:
-            raise forms.ValidationError("This case is closed; reopen it to add images.")
+            raise forms.ValidationError(CLOSED_CASE)
         return super().clean()
 
 

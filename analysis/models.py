@@ -9,6 +9,7 @@ query a staff member can reach with it.
 import math
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import PurePath
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,8 +17,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import models
-from django.db.models import F, Prefetch
+from django.db import models, transaction
+from django.db.models import F, Prefetch, Q
 from django.db.models.fields.files import ImageFieldFile
 from django.utils import timezone
 from PIL import Image
@@ -257,6 +258,12 @@ class Analysis(models.Model):
     """
 
     clinic_lookup = "image__case__patient__clinic"
+    # Claims of one analysis after which the sweeper stops sending it again: an image that kills its worker
+    # (out of memory, a native crash, the hard time limit) would otherwise be retried forever.
+    MAX_ATTEMPTS = 3
+    # A worker writes the report within seconds of the result; one not there after this long was lost and is
+    # asked for again, and a request for it is repeated no sooner than this.
+    REPORT_WAIT = timedelta(minutes=10)
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -296,6 +303,9 @@ class Analysis(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     report = models.FileField(upload_to=report_path, null=True, blank=True)
+    # When the web last asked the workers for a missing report: clients poll for it every few seconds, and
+    # one render per REPORT_WAIT is enough.
+    report_requested_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     # The first time a staff member looked at the finished result: malignant results nobody has opened
     # yet are what the dashboard puts first.
@@ -414,6 +424,40 @@ class Analysis(models.Model):
             finished_at=None,
         )
 
+    @classmethod
+    def ask_for_report(cls, pk: int) -> datetime | None:
+        """Note that a done analysis's report is being asked for; the time noted, or None when it was asked
+        for less than REPORT_WAIT ago (or the analysis is not done), and nothing needs sending."""
+        now = timezone.now()
+        not_recently = Q(report_requested_at__isnull=True) | Q(report_requested_at__lt=now - cls.REPORT_WAIT)
+        changed = cls.objects.filter(not_recently, pk=pk, status=cls.Status.DONE).update(report_requested_at=now)
+        return now if changed else None
+
+    @classmethod
+    def withdraw_report_request(cls, pk: int, asked_at: datetime) -> None:
+        """The request noted at `asked_at` was never sent (the broker was away): the next caller asks again."""
+        cls.objects.filter(pk=pk, report_requested_at=asked_at).update(report_requested_at=None)
+
+    def attach_report(self, pdf: bytes) -> bool:
+        """Store a rendered report and point the row at it; False, with this file deleted again, when another
+        render attached one first. The file is written before the row points at it, so a half-written report
+        is never offered; the row is locked while it is checked, so two renders at once leave one report and
+        no orphaned file of patient data."""
+        storage = self.report.storage
+        name = storage.save(report_path(self, "report.pdf"), ContentFile(pdf))
+        try:
+            with transaction.atomic():
+                current = type(self).objects.select_for_update().get(pk=self.pk)
+                if current.has_report:
+                    storage.delete(name)
+                    return False
+                type(self).objects.filter(pk=self.pk).update(report=name)
+        except BaseException:
+            storage.delete(name)
+            raise
+        self.report.name = name
+        return True
+
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
@@ -442,18 +486,25 @@ class Analysis(models.Model):
     def recover_stale(cls, running_before, queued_before) -> list[int]:
         """Analyses whose task was lost, made ready to send again; returns their ids.
 
-        - running since before ``running_before`` (past the hard time limit: its worker died): back to queued;
+        - running since before ``running_before`` (past the hard time limit: its worker died): back to queued,
+          or failed once it has had MAX_ATTEMPTS tries, since the image itself is likely what kills the worker;
         - queued since before ``queued_before`` (the broker was down, or lost the message): queued_at renewed.
         Each row changes in its own conditional UPDATE, so two sweepers never both take the same one.
         """
         ready = []
         now = timezone.now()
-        for pk, started_at in cls.objects.filter(status=cls.Status.RUNNING, started_at__lt=running_before).values_list(
-            "pk", "started_at"
-        ):
-            if cls.objects.filter(pk=pk, status=cls.Status.RUNNING, started_at=started_at).update(
-                status=cls.Status.QUEUED, queued_at=now, started_at=None
-            ):
+        gave_up = {
+            "status": cls.Status.FAILED,
+            "error": f"Stopped after {cls.MAX_ATTEMPTS} attempts: the worker stopped each time while analysing "
+            "this image. Submit it again or contact support.",
+            "finished_at": now,
+        }
+        stale = cls.objects.filter(status=cls.Status.RUNNING, started_at__lt=running_before)
+        for pk, started_at, attempts in stale.values_list("pk", "started_at", "attempts"):
+            still_stale = cls.objects.filter(pk=pk, status=cls.Status.RUNNING, started_at=started_at)
+            if attempts >= cls.MAX_ATTEMPTS:
+                still_stale.update(**gave_up)
+            elif still_stale.update(status=cls.Status.QUEUED, queued_at=now, started_at=None):
                 ready.append(pk)
         for pk, queued_at in cls.objects.filter(status=cls.Status.QUEUED, queued_at__lt=queued_before).values_list(
             "pk", "queued_at"

@@ -13,7 +13,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import mark_safe
@@ -104,9 +103,41 @@ def file_name(analysis: Analysis) -> str:
 
 
 def css_string(text: str) -> str:
-    """A quoted CSS string literal of any text (page footers are set in CSS, where HTML escaping does not apply)."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("<", "\\3C ").replace("\n", " ")
+    """A quoted CSS string literal of any text (page footers are set in CSS, where HTML escaping does not apply).
+
+    Anything but a plain printable character is hex-escaped: quotes, backslash, the CSS newlines (\\n \\r \\f)
+    that would end the string and let a clinic name or MRN inject CSS, other controls, and < > & for the
+    HTML <style> around it. The space after each escape ends it and is consumed with it."""
+    escaped = "".join(c if c.isprintable() and c not in "\"'\\<>&" else f"\\{ord(c):X} " for c in text)
     return f'"{escaped}"'
+
+
+# Control characters other than tab and line breaks (which HTML and CSS fold into spaces). Printed, each would be a
+# missing-glyph box that also spoils the PDF's text layer; a stray one in an MRN or a name becomes a space.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class RefusedReportURL(ValueError):
+    pass
+
+
+def check_report_url(url: str) -> None:
+    """A report embeds its pictures as data: URLs and needs nothing else; WeasyPrint would otherwise fetch any
+    http:, https: or file: URL that reaches the document, from the worker."""
+    if not url.lower().startswith("data:"):
+        raise RefusedReportURL(f"a report loads only data: URLs, not {url[:80]!r}")
+
+
+def report_url_fetcher():
+    """WeasyPrint's own fetcher, for the URLs check_report_url allows."""
+    from weasyprint.urls import URLFetcher  # workers only, like render_pdf
+
+    class ReportURLFetcher(URLFetcher):
+        def fetch(self, url, headers=None):
+            check_report_url(url)
+            return super().fetch(url, headers)
+
+    return ReportURLFetcher()
 
 
 def _image_data_uri(analysis: Analysis) -> str:
@@ -142,6 +173,7 @@ def render_pdf(analysis: Analysis) -> bytes:
         key=lambda r: r["p"],
         reverse=True,
     )
+    footer = f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}"
     html = render_to_string(
         "reports/analysis.html",
         {
@@ -164,18 +196,14 @@ def render_pdf(analysis: Analysis) -> bytes:
             "flagged_warning": FLAGGED_WARNING,
             "card": model_card_figures(analysis.model_version),
             "disclaimer": DISCLAIMER,
-            "footer_css": mark_safe(css_string(f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}")),
+            "footer_css": mark_safe(css_string(_CONTROL_CHARACTERS.sub(" ", footer))),
         },
     )
-    return HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
+    html = _CONTROL_CHARACTERS.sub(" ", html)
+    return HTML(string=html, url_fetcher=report_url_fetcher()).write_pdf()
 
 
-def store_report(analysis: Analysis) -> None:
-    """Render and attach the report; the file is written before the row points at it, so a half-written
-    report is never offered for download."""
-    analysis = Analysis.objects.select_related("image__case__patient__clinic", "image__case__clinician").get(
-        pk=analysis.pk
-    )
-    pdf = render_pdf(analysis)
-    analysis.report.save(file_name(analysis), ContentFile(pdf), save=False)  # stored under a generated name
-    Analysis.objects.filter(pk=analysis.pk).update(report=analysis.report.name)
+def store_report(analysis: Analysis) -> bool:
+    """Render and attach the report (``Analysis.attach_report``: never offered half-written, never two of one
+    analysis); False when another render attached its report first."""
+    return analysis.attach_report(render_pdf(analysis))

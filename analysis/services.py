@@ -15,7 +15,9 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from analysis.models import Analysis, Case, LesionImage
-from analysis.uploads import refuse_duplicate
+from analysis.uploads import UploadRejected, refuse_duplicate
+
+CLOSED_CASE = "This case is closed; reopen it to add images."
 
 # The names of the files stored inside the outermost `removing_files_on_failure` block now running.
 _stored_files: ContextVar[list[str] | None] = ContextVar("stored_files", default=None)
@@ -46,11 +48,14 @@ def removing_files_on_failure():
 def submit_image(case: Case, upload: File, user, captured_at: datetime | None = None) -> Analysis:
     """Store an (already validated) image on a case and queue its analysis.
 
-    Raises UploadRejected if the case already holds the same image: validation said so too, but two uploads
-    of one image at the same moment both pass it, so the check is made again here, with the case row locked
-    until this transaction ends (SQLite serialises writers anyway)."""
+    Raises UploadRejected if the case is closed, or already holds the same image: validation said so too, but
+    two uploads of one image at the same moment both pass it, so the check is made again here, with the case
+    row locked until this transaction ends (SQLite serialises writers anyway). Every door comes through here,
+    so a closed case takes no image from any of them."""
     with removing_files_on_failure(), transaction.atomic():
-        list(Case.objects.select_for_update().filter(pk=case.pk).values_list("pk", flat=True))
+        status = Case.objects.select_for_update().filter(pk=case.pk).values_list("status", flat=True).get()
+        if status != Case.Status.OPEN:
+            raise UploadRejected(CLOSED_CASE)
         image = LesionImage(case=case, uploaded_by=user, captured_at=captured_at)
         image.attach(upload)
         refuse_duplicate(case, image.sha256)

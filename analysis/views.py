@@ -1,7 +1,6 @@
 """The clinic staff pages. Every row comes through analysis/access.py: another clinic's id is a 404."""
 
 import mimetypes
-from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -38,7 +37,6 @@ from workers.tasks import request_report
 
 PAGE_SIZE = 25
 AUDIT_PAGE_SIZE = 50
-REPORT_WAIT = timedelta(minutes=10)
 # Patient images and reports: kept by no cache on the way or on disk (a shared tablet's browser included),
 # and never sniffed into another type (SecurityMiddleware adds nosniff to every response too).
 PRIVATE_FILE_HEADERS = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
@@ -352,7 +350,7 @@ def analysis_detail(request, pk: int):
     audit.record(request, audit.Action.VIEWED, analysis)
     report_ready = analysis.has_report
     report_pending = analysis.status == Analysis.Status.DONE and not report_ready
-    if report_pending and timezone.now() - analysis.finished_at > REPORT_WAIT:
+    if report_pending and timezone.now() - analysis.finished_at > Analysis.REPORT_WAIT:
         # A worker writes the report within seconds of the result; this one was lost or never written
         # (seeded demo data), so ask for it now.
         report_pending = request_report(analysis.pk)

@@ -344,6 +344,21 @@ def test_no_api_list_holds_another_clinics_rows(world):
         assert a.patient.name not in body and a.patient.mrn not in body, url
 
 
+def test_an_id_filter_answers_another_clinics_id_as_it_answers_a_missing_one(world):
+    """A filter that told the two apart (400 for a missing id, 200 for another clinic's) would confirm ids."""
+    api = api_as(world, OUTSIDER)
+    a = world.a
+    missing = 10**9
+    for url, theirs in (
+        ("/api/images/?case={}", a.case.pk),
+        ("/api/cases/?patient={}", a.patient.pk),
+        ("/api/analyses/?patient={}", a.patient.pk),
+        ("/api/analyses/?image={}", a.image.pk),
+    ):
+        foreign, absent = api.get(url.format(theirs)), api.get(url.format(missing))
+        assert (foreign.status_code, foreign.json()) == (absent.status_code, absent.json()), url
+
+
 # Writes: refused, and nothing changed
 
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from analysis.models import AuditEvent, LesionImage, Membership
+from analysis.models import AuditEvent, Case, LesionImage, Membership
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
@@ -91,6 +91,36 @@ def test_an_image_uploaded_in_the_admin_is_fingerprinted_and_renamed(client, sup
     assert "Mustermann" not in image.image.name
     assert image.sha256 == expected_sha256
     assert (image.width, image.height, image.uploaded_by) == (80, 64, superuser)
+
+
+def test_the_admin_moves_no_record_to_another_patient_or_case(client, superuser):
+    analysis = AnalysisFactory()
+    image, case = analysis.image, analysis.image.case
+    other_case = CaseFactory()
+    client.force_login(superuser)
+
+    page = client.get(admin_url(LesionImage, "change", image.pk)).content.decode()
+    assert 'name="case"' not in page and 'name="image"' not in page
+    client.post(
+        admin_url(LesionImage, "change", image.pk), {"case": other_case.pk, "captured_at_0": "", "captured_at_1": ""}
+    )
+    client.post(admin_url(Case, "change", case.pk), {"patient": other_case.patient.pk, **case_form(case)})
+
+    image.refresh_from_db()
+    case.refresh_from_db()
+    assert image.case == case and case.patient != other_case.patient
+    # A new record is still made with the admin.
+    assert 'name="patient"' in client.get(admin_url(Case, "add")).content.decode()
+
+
+def case_form(case) -> dict:
+    return {
+        "body_site": case.body_site,
+        "clinician": case.clinician_id or "",
+        "opened_on": case.opened_on.isoformat(),
+        "status": case.status,
+        "clinical_notes": "",
+    }
 
 
 @pytest.mark.parametrize("is_staff", [False, True])

@@ -362,6 +362,30 @@ def test_an_image_for_another_clinics_case_is_400_naming_case(api, outsider):
     assert not LesionImage.objects.exists()
 
 
+def test_a_closed_case_takes_no_image_through_the_api(api, case):
+    case.close()
+    response = api.post("/api/images/", {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))}, format="multipart")
+    assert response.status_code == 400
+    assert response.json() == {"image": ["This case is closed; reopen it to add images."]}
+    assert not LesionImage.objects.exists() and not Analysis.objects.exists()
+
+
+def test_a_case_is_not_moved_to_another_patient(api, case, staff):
+    other = PatientFactory(clinic=staff.membership.clinic)
+    response = api.patch(f"/api/cases/{case.pk}/", {"patient": other.pk}, format="json")
+    assert response.status_code == 400
+    assert list(response.json()) == ["patient"]
+    case.refresh_from_db()
+    assert case.patient != other
+    # Naming its own patient again is no move.
+    assert (
+        api.patch(
+            f"/api/cases/{case.pk}/", {"patient": case.patient.pk, "clinical_notes": "x"}, format="json"
+        ).status_code
+        == 200
+    )
+
+
 def test_a_file_that_is_not_an_image_is_400_naming_image(api, case):
     fake = SimpleUploadedFile("lesion.jpg", b"%PDF-1.4 not an image", content_type="image/jpeg")
     response = api.post("/api/images/", {"case": case.pk, "image": fake}, format="multipart")

@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 from PIL import Image
 
 from analysis.models import Analysis, Case, LesionImage, Patient
@@ -411,5 +412,10 @@ def test_a_result_waits_for_its_report_and_asks_again_for_one_that_never_came(cl
         assert "being written" in client.get(url).content.decode()
     render.assert_called_once_with((done_analysis.pk,), retry=False)
 
+    with mock.patch.object(tasks.render_report, "apply_async") as render:  # asked already: not again so soon
+        assert "being written" in client.get(url).content.decode()
+    render.assert_not_called()
+
+    Analysis.objects.filter(pk=done_analysis.pk).update(report_requested_at=timezone.now() - timedelta(hours=1))
     with mock.patch.object(tasks.render_report, "apply_async", side_effect=ConnectionError("broker down")):
         assert "could not be requested" in client.get(url).content.decode()

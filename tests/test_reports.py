@@ -5,12 +5,15 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
+import tinycss2
 from django.urls import reverse
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 from pypdf import PdfReader
 
 from analysis import reports
@@ -166,3 +169,92 @@ def test_the_report_task_writes_a_report_only_once(done_analysis):
     first = Analysis.objects.get(pk=done_analysis.pk).report.name
     assert tasks.render_report.run(done_analysis.pk).startswith("skipped")
     assert Analysis.objects.get(pk=done_analysis.pk).report.name == first
+
+
+HOSTILE_MRN = "A-1\f} } @font-face{font-family:x;src:url(http://169.254.169.254/x)} .x{"
+HOSTILE_CLINIC = 'Praxis "Nord" \\ \r} .disclaimer{display:none} @import url(file:///etc/passwd); .y{\n'
+
+
+def test_a_hostile_mrn_or_clinic_name_is_printed_in_the_footer_not_obeyed_as_css(done_analysis, monkeypatch):
+    patient = done_analysis.image.case.patient
+    patient.mrn = HOSTILE_MRN
+    patient.save()
+    patient.clinic.name = HOSTILE_CLINIC
+    patient.clinic.save()
+    asked = []
+    check = reports.check_report_url
+    monkeypatch.setattr(reports, "check_report_url", lambda url: asked.append(url) or check(url))
+
+    pdf = reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk))
+
+    assert [url[:15] for url in asked] == ["data:image/jpeg"]  # the report's fetcher, asked only for the picture
+    assert "Screening aid only, not a diagnosis" in body_text(pdf)
+    footers = " ".join(pdf_text(pdf).split())
+    assert "src:url(http://169.254.169.254/x)} .x{" in footers  # the MRN as text, to its end
+    assert '"Nord" \\' in footers and ".disclaimer{display:none} @import url(file:///etc/passwd);" in footers
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "https://example.org/logo.png"])
+def test_the_report_fetcher_refuses_network_urls(url):
+    with pytest.raises(reports.RefusedReportURL):
+        reports.report_url_fetcher()(url)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "FILE:///etc/passwd", f"file://{ARTIFACTS}/report-example.pdf"])
+def test_the_report_fetcher_refuses_local_files(url):
+    with pytest.raises(reports.RefusedReportURL):
+        reports.report_url_fetcher()(url)
+
+
+def test_the_report_fetcher_loads_the_data_urls_a_report_embeds():
+    assert reports.report_url_fetcher()("data:text/plain;base64,b2s=").read() == b"ok"
+
+
+@pytest.mark.parametrize("text", ["\n", "\r", "\f", "\r\n", "\t", "\x00", "\x1f", "\x7f", '"', "'", "\\", "</style>"])
+def test_css_string_keeps_any_character_inside_one_string(text):
+    value = f"A-1{text}}} @import url(http://x/);"
+    literal = reports.css_string(value)
+    tokens = tinycss2.parse_component_value_list(literal)
+    assert [t.type for t in tokens] == ["string"]
+    assert tokens[0].value == value.replace("\x00", "\ufffd")  # CSS reads an escaped NUL as U+FFFD
+    assert not re.search(r"[\x00-\x1f\x7f<>&'\\\"]", literal[1:-1].replace("\\", ""))  # only escapes, no raw ones
+
+
+def test_polling_a_missing_report_asks_the_workers_once_per_wait(client, staff, done_analysis):
+    client.force_login(staff)
+    url = reverse("analysis-report", args=[done_analysis.pk])
+    with mock.patch.object(tasks.render_report, "apply_async") as render:
+        for _ in range(5):  # a client polling every 2 s
+            assert client.get(url).status_code == 404
+        render.assert_called_once_with((done_analysis.pk,), retry=False)
+        Analysis.objects.filter(pk=done_analysis.pk).update(
+            report_requested_at=timezone.now() - Analysis.REPORT_WAIT - timedelta(seconds=1)
+        )
+        assert client.get(url).status_code == 404  # that render was lost: ask again
+    assert render.call_count == 2
+
+
+def test_a_report_request_the_broker_refused_is_asked_again_on_the_next_poll(client, staff, done_analysis):
+    client.force_login(staff)
+    url = reverse("analysis-report", args=[done_analysis.pk])
+    with mock.patch.object(tasks.render_report, "apply_async", side_effect=BrokerError("down")) as render:
+        client.get(url)
+        client.get(url)
+    assert render.call_count == 2
+
+
+def test_a_render_that_finishes_second_discards_its_pdf(done_analysis, settings):
+    """Two workers render the same report at once; the slower one must not leave its file of patient data."""
+    render_pdf, raced = reports.render_pdf, []
+
+    def render_while_another_worker_attaches(analysis):
+        if not raced:
+            raced.append(True)
+            assert tasks.render_report.run(done_analysis.pk) == "done"
+        return render_pdf(analysis)
+
+    with mock.patch.object(reports, "render_pdf", side_effect=render_while_another_worker_attaches):
+        assert tasks.render_report.run(done_analysis.pk).startswith("skipped")
+    stored = Analysis.objects.get(pk=done_analysis.pk).report
+    assert [f"reports/{f.name}" for f in (Path(settings.MEDIA_ROOT) / "reports").iterdir()] == [stored.name]
+    assert stored.read(5) == b"%PDF-"

@@ -128,6 +128,29 @@ def test_the_sweeper_resends_work_lost_by_a_dead_worker_or_a_down_broker(case, s
     assert Analysis.objects.get(pk=waiting.pk).status == "queued"
 
 
+def test_the_sweeper_fails_an_analysis_that_stopped_its_worker_on_every_attempt(case, settings):
+    settings.CELERY_TASK_TIME_LIMIT, settings.SWEEP_INTERVAL = 60, 5
+    stale = timezone.now() - timedelta(seconds=70)
+    poison = AnalysisFactory(image__case=case)
+    retried = AnalysisFactory(image__case=case)
+    Analysis.objects.filter(pk=poison.pk).update(status="running", started_at=stale, attempts=Analysis.MAX_ATTEMPTS)
+    Analysis.objects.filter(pk=retried.pk).update(
+        status="running", started_at=stale, attempts=Analysis.MAX_ATTEMPTS - 1
+    )
+
+    with mock.patch.object(tasks.analyse, "apply_async") as send:
+        assert sweeper.sweep() == [retried.pk]
+    send.assert_called_once_with((retried.pk,), retry=False)
+    poison.refresh_from_db()
+    assert (poison.status, poison.finished_at is not None) == ("failed", True)
+    assert poison.error == (
+        "Stopped after 3 attempts: the worker stopped each time while analysing this image. "
+        "Submit it again or contact support."
+    )
+    assert poison.predicted_class == "" and poison.probabilities == {} and not poison.heatmap  # no result shown
+    assert Analysis.objects.get(pk=retried.pk).status == "queued"
+
+
 def test_the_sweeper_keeps_work_queued_while_the_broker_is_still_down(case, settings):
     settings.QUEUED_RESEND_AFTER = 30
     lost = AnalysisFactory(image__case=case)

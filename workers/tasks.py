@@ -46,9 +46,16 @@ def enqueue(analysis_id: int) -> bool:
 
 
 def request_report(analysis_id: int) -> bool:
-    """Ask the workers for a done analysis's report (never written, or its file lost). With the broker away
+    """Ask the workers for a done analysis's report (never written, or its file lost), at most once per
+    Analysis.REPORT_WAIT however often clients poll; True while a request is on its way. With the broker away
     the caller answers "not yet" and the next request asks again."""
-    return _send(render_report, analysis_id)
+    asked_at = Analysis.ask_for_report(analysis_id)
+    if asked_at is None:
+        return True
+    if _send(render_report, analysis_id):
+        return True
+    Analysis.withdraw_report_request(analysis_id, asked_at)
+    return False
 
 
 def classifier():
@@ -127,16 +134,23 @@ def analyse(self, analysis_id: int) -> str:
 
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=5)
 def render_report(self, analysis_id: int) -> str:
-    """Write the PDF report of a finished analysis once; again only if its file has gone missing."""
+    """Write the PDF report of a finished analysis once; again only if its file has gone missing. Two renders
+    of one analysis may run at once (the one after the result, one asked for by a download): the second to
+    finish discards its PDF."""
     from analysis import reports
 
     try:
-        analysis = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.DONE).first()
+        analysis = (
+            Analysis.objects.select_related("image__case__patient__clinic", "image__case__clinician")
+            .filter(pk=analysis_id, status=Analysis.Status.DONE)
+            .first()
+        )
         if analysis is None:
             return "skipped: not done"
         if analysis.has_report:
             return "skipped: report exists"
-        reports.store_report(analysis)
+        if not reports.store_report(analysis):
+            return "skipped: another render attached its report first"
     except TRANSIENT as error:
         raise self.retry(exc=error, countdown=min(2 ** (self.request.retries + 1), 60)) from error
     return "done"
