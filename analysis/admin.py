@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
-from analysis.services import start_analysis
+from analysis.services import CLOSED_CASE, start_analysis
 from analysis.uploads import UploadRejected, validate_image_file
 
 User = get_user_model()
@@ -96,6 +96,8 @@ class LesionImageAdminForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         upload, case = cleaned.get("image"), cleaned.get("case")
+        if case and not case.is_open and self.instance.pk is None:
+            self.add_error("case", CLOSED_CASE)
         if "image" in self.changed_data and upload and case:
             try:
                 validate_image_file(upload, case=case)

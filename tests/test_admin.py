@@ -113,6 +113,16 @@ def test_the_admin_moves_no_record_to_another_patient_or_case(client, superuser)
     assert 'name="patient"' in client.get(admin_url(Case, "add")).content.decode()
 
 
+def test_the_admin_adds_no_image_to_a_closed_case(client, superuser):
+    case = CaseFactory()
+    case.close()
+    client.force_login(superuser)
+    response = client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))})
+    assert response.status_code == 200
+    assert "This case is closed; reopen it to add images." in response.content.decode()
+    assert not LesionImage.objects.exists()
+
+
 def case_form(case) -> dict:
     return {
         "body_site": case.body_site,
