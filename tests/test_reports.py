@@ -171,7 +171,7 @@ def test_the_report_task_writes_a_report_only_once(done_analysis):
     assert Analysis.objects.get(pk=done_analysis.pk).report.name == first
 
 
-HOSTILE_MRN = "A-1\f} } @font-face{font-family:x;src:url(http://169.254.169.254/x)} .x{"
+HOSTILE_MRN = "\f}@font-face{font-family:x;src:url(http://169.254.169.254/x)}.x{"  # MRNs hold 64 characters
 HOSTILE_CLINIC = 'Praxis "Nord" \\ \r} .disclaimer{display:none} @import url(file:///etc/passwd); .y{\n'
 
 
@@ -190,7 +190,7 @@ def test_a_hostile_mrn_or_clinic_name_is_printed_in_the_footer_not_obeyed_as_css
     assert [url[:15] for url in asked] == ["data:image/jpeg"]  # the report's fetcher, asked only for the picture
     assert "Screening aid only, not a diagnosis" in body_text(pdf)
     footers = " ".join(pdf_text(pdf).split())
-    assert "src:url(http://169.254.169.254/x)} .x{" in footers  # the MRN as text, to its end
+    assert "src:url(http://169.254.169.254/x)}.x{" in footers  # the MRN as text, to its end
     assert '"Nord" \\' in footers and ".disclaimer{display:none} @import url(file:///etc/passwd);" in footers
 
 
