@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from . import data, paths  # noqa: E402
 from .inference import ORIGINAL_ONLY, VIEWS, predict_views, served_views  # noqa: E402
 from .labels import CLASSES  # noqa: E402
+from .metrics import class_prior  # noqa: E402
 from .model import unfold_output_adjustment  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 from .train import Recipe, save, set_operating_point  # noqa: E402
@@ -52,16 +53,24 @@ def choose_on_val(model, recipe: dict, data_dir: Path, views=ORIGINAL_ONLY) -> d
 
     known = {f.name for f in fields(Recipe)}
     chosen = Recipe(**{k: (tuple(v) if k == "input_size" else v) for k, v in recipe.items() if k in known})
-    prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
-    return {**set_operating_point(model, val["label"].to_numpy(), logits, prior, chosen), "views": list(views)}
+    return {
+        **set_operating_point(model, val["label"].to_numpy(), logits, class_prior(y_train), chosen),
+        "views": list(views),
+    }
+
+
+def folded_adjustment(meta: dict) -> tuple[np.ndarray, float]:
+    """The logit bias and temperature folded into a saved model's last layer, as its JSON records them."""
+    return np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES)))), float(
+        meta.get("temperature", 1.0)
+    )
 
 
 def load_raw(keras_file: Path) -> tuple[keras.Model, dict]:
     """A saved model whose last layer gives raw logits again (its folded operating point undone), and its JSON."""
     meta = json.loads(keras_file.with_suffix(".json").read_text())
     model = keras.models.load_model(keras_file)
-    bias = np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES))))
-    unfold_output_adjustment(model, bias, float(meta.get("temperature", 1.0)))
+    unfold_output_adjustment(model, *folded_adjustment(meta))
     return model, meta
 
 

@@ -83,6 +83,11 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     return float(min(fine, key=nll))
 
 
+def class_prior(labels: np.ndarray) -> np.ndarray:
+    """The classes' shares of ``labels`` (train), each at least one image's worth, for ``operating_bias``."""
+    return np.maximum(np.bincount(labels, minlength=len(CLASSES)), 1) / len(labels)
+
+
 def operating_bias(prior: np.ndarray, tau: float, melanoma_bias: float) -> np.ndarray:
     """The additive logit bias of an operating point: -tau * log(prior), plus an extra push towards melanoma."""
     bias = -tau * np.log(prior)

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,9 +25,10 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from . import data, paths  # noqa: E402
+from .bench import timings  # noqa: E402
+from .calibrate import folded_adjustment  # noqa: E402
 from .inference import Classifier, model_metadata  # noqa: E402
-from .labels import CLASSES  # noqa: E402
-from .metrics import MEL, choose_operating_point, operating_bias, softmax, summary  # noqa: E402
+from .metrics import MEL, choose_operating_point, class_prior, operating_bias, softmax, summary  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 from .train import sha256  # noqa: E402
 
@@ -39,8 +39,8 @@ KEPT = ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")
 
 def raw_logits(probs: np.ndarray, meta: dict) -> np.ndarray:
     """A served model's logits before its folded operating point and temperature, up to a constant per row."""
-    bias = np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES))))
-    return np.log(np.clip(probs, 1e-12, None)) * float(meta.get("temperature", 1.0)) - bias
+    bias, temperature = folded_adjustment(meta)
+    return np.log(np.clip(probs, 1e-12, None)) * temperature - bias
 
 
 def val_figures(y: np.ndarray, logits: np.ndarray, prior: np.ndarray, served_bias: np.ndarray, minimum: float) -> dict:
@@ -57,33 +57,37 @@ def val_figures(y: np.ndarray, logits: np.ndarray, prior: np.ndarray, served_bia
     }
 
 
-def write_int8(keras_file: Path, out: Path, calibration: list[np.ndarray]) -> Path:
-    """The int8 TFLite file of ``keras_file`` in ``out``, with the shipped JSON beside it (version marked int8)."""
+def write_int8(keras_file: Path, meta: dict, out: Path, calibration: list[np.ndarray]) -> Path:
+    """The int8 TFLite file of ``keras_file`` in ``out``, with its JSON ``meta`` beside it (version marked int8)."""
     import keras
 
     from .export import to_int8_tflite
 
     out.mkdir(parents=True, exist_ok=True)
     tflite = to_int8_tflite(keras.models.load_model(keras_file), out / "skinsite.tflite", calibration)
-    meta = model_metadata(keras_file)
     digest = sha256(tflite)
-    meta.update(version=f"{meta['version']}-int8-{digest[:8]}", weights="int8", files={tflite.name: digest})
-    (out / "skinsite.json").write_text(json.dumps(meta, indent=2))
+    marked = meta | {
+        "version": f"{meta['version']}-int8-{digest[:8]}",
+        "weights": "int8",
+        "files": {tflite.name: digest},
+    }
+    (out / "skinsite.json").write_text(json.dumps(marked, indent=2))
     return tflite
 
 
-def batch1_ms(classifiers: dict[str, Classifier], repeats: int) -> dict[str, dict[str, float]]:
-    """p50 / p95 ms per image at batch 1, the classifiers called in turn on the same random input."""
+def batch1_ms(classifiers: dict[str, Classifier], repeats: int, rounds: int = 10) -> dict[str, dict[str, float]]:
+    """p50 / p95 ms per image at batch 1 on the same random input, the classifiers timed in turn, a tenth of the
+    calls at a time, so that both see the machine as it is during the run."""
     size = next(iter(classifiers.values())).input_size
     one = np.random.default_rng(0).uniform(-1, 1, (1, *size, 3)).astype(np.float32)
-    times: dict[str, list[float]] = {name: [] for name in classifiers}
-    for step in range(repeats + 3):
+    times: dict[str, list[np.ndarray]] = {name: [] for name in classifiers}
+    for _ in range(rounds):
         for name, classifier in classifiers.items():
-            start = time.perf_counter()
-            classifier.predict_arrays(one)
-            if step >= 3:  # warm-up calls left out
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {n: {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95))} for n, t in times.items()}
+            times[name].append(timings(classifier.predict_arrays, one, max(repeats // rounds, 1), warmup=1) * 1000)
+    return {
+        name: {"p50": float(np.percentile(np.concatenate(t), 50)), "p95": float(np.percentile(np.concatenate(t), 95))}
+        for name, t in times.items()
+    }
 
 
 def compare(keras_file: Path, data_dir: Path, out: Path, calibration_images: int = 200, repeats: int = 100) -> dict:
@@ -94,15 +98,14 @@ def compare(keras_file: Path, data_dir: Path, out: Path, calibration_images: int
     rng = np.random.default_rng(0)
     chosen = train["path"].to_numpy()[rng.choice(len(train), min(calibration_images, len(train)), replace=False)]
     log.info("quantising %s on %d train images", keras_file, len(chosen))
-    int8_file = write_int8(keras_file, out, [preprocess(p, size) for p in chosen])
+    int8_file = write_int8(keras_file, meta, out, [preprocess(p, size) for p in chosen])
 
     classifiers = {"served": Classifier(keras_file.with_suffix(".tflite")), "int8": Classifier(int8_file)}
     arrays = np.stack([preprocess(p, size) for p in val["path"]])
     y = val["label"].to_numpy()
-    y_train = train["label"].to_numpy()
-    prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
+    prior = class_prior(train["label"].to_numpy())
     minimum = meta["recipe"].get("min_val_melanoma_recall", 0.70)
-    served_bias = np.asarray(meta.get("logit_adjustment", {}).get("bias", np.zeros(len(CLASSES))))
+    served_bias, _ = folded_adjustment(meta)
     probs = {
         name: np.concatenate([c.predict_arrays(arrays[s : s + 32]) for s in range(0, len(arrays), 32)])
         for name, c in classifiers.items()

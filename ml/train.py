@@ -40,7 +40,14 @@ from tqdm import tqdm  # noqa: E402
 from . import data, features, paths  # noqa: E402
 from .export import deflate, round_to_half, to_tflite  # noqa: E402
 from .labels import CLASSES  # noqa: E402
-from .metrics import choose_operating_point, fit_temperature, operating_bias, softmax, summary  # noqa: E402
+from .metrics import (  # noqa: E402
+    choose_operating_point,
+    class_prior,
+    fit_temperature,
+    operating_bias,
+    softmax,
+    summary,
+)
 from .model import build_classifier, fold_output_adjustment, set_trainable_from, split_model  # noqa: E402
 from .preprocess import HAM_SCALE, INPUT_SIZE  # noqa: E402
 
@@ -254,12 +261,12 @@ def train(
 
     result: dict = {"recipe": asdict(recipe), "history": history, "kept_epoch": kept}
     val_probs = trained.predict(val_x, batch_size=256, verbose=0)
+    val_logits = np.log(np.clip(val_probs, 1e-12, None))
     # The raw val logits, for comparing runs and their combinations without loading each model again.
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / f"{out_name(recipe)}.val_logits.npy", np.log(np.clip(val_probs, 1e-12, None)).astype(np.float32))
+    np.save(out / f"{out_name(recipe)}.val_logits.npy", val_logits.astype(np.float32))
     if recipe.adjust_and_calibrate:
-        prior = np.maximum(np.bincount(y_train, minlength=len(CLASSES)), 1) / len(y_train)
-        result.update(set_operating_point(model, y_val, np.log(np.clip(val_probs, 1e-12, None)), prior, recipe))
+        result.update(set_operating_point(model, y_val, val_logits, class_prior(y_train), recipe))
     else:
         result.update(temperature=1.0, val=summary(y_val, val_probs))
     result.update(
@@ -302,7 +309,8 @@ def save(model, out: Path, name: str, result: dict, half: bool = True) -> dict:
     files = [keras_file]
     if backend == "tensorflow":  # the TFLite export needs TensorFlow: elsewhere ml.ensemble or ml.calibrate makes it
         files.append(to_tflite(model, tflite_file, half))
-    digest = sha256(files[-1])
+    hashes = {file.name: sha256(file) for file in files}
+    digest = hashes[files[-1].name]
     stamp = datetime.now(UTC)
     result.update(
         name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
@@ -310,7 +318,7 @@ def save(model, out: Path, name: str, result: dict, half: bool = True) -> dict:
         created_at=stamp.isoformat(timespec="seconds"),
         classes=list(CLASSES),
         input_size=list(result["recipe"]["input_size"]),
-        files={file.name: sha256(file) for file in files},
+        files=hashes,
         python=sys.version.split()[0],
         keras=keras.__version__,
         backend=backend,

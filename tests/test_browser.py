@@ -170,6 +170,8 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
     # The patient's timeline and the past analyses, filtered
     page.goto(base + reverse("patient-detail", args=[patient.pk]))
     page.locator("figure.shot img").first.wait_for()
+    # The element comes before its picture (loaded lazily, after the page): wait for the picture, as for the heatmap.
+    page.wait_for_function("() => document.querySelector('figure.shot img').complete")
     assert page.locator("figure.shot img").first.evaluate("img => img.naturalWidth") == 320
     shot(page, "patient")
     page.get_by_role("link", name="Past analyses").click()
