@@ -48,3 +48,11 @@ def load_dataset(data_dir: str | Path) -> pd.DataFrame:
 
 def part(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame[frame["split"] == name].reset_index(drop=True)
+
+
+def calibration_paths(frame: pd.DataFrame, count: int = 200, seed: int = 0) -> list[str]:
+    """``count`` train images drawn at random (seeded): the activation ranges of an int8 export are measured on
+    them (``ml.export.to_int8_tflite``). Train only, so val still judges the quantised file."""
+    train = part(frame, "train")
+    rng = np.random.default_rng(seed)
+    return list(train["path"].to_numpy()[rng.choice(len(train), min(count, len(train)), replace=False)])

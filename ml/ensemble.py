@@ -39,12 +39,11 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from . import paths  # noqa: E402
-from .calibrate import choose_on_val, load_raw, views_option  # noqa: E402
+from .calibrate import choose_on_val, int8_calibration, load_raw, save_served, views_option  # noqa: E402
 from .export import round_to_half  # noqa: E402
 from .inference import ORIGINAL_ONLY  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .model import layer_inputs, member_name, replay_after  # noqa: E402
-from .train import save  # noqa: E402
 
 log = logging.getLogger("ml.ensemble")
 
@@ -119,10 +118,14 @@ def member_entries(file: Path, meta: dict) -> list[dict]:
     ]
 
 
-def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY, half: bool = True) -> dict:
+def build(
+    member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY, half: bool = True, int8: bool = False
+) -> dict:
     """Combine the members, choose the operating point on val over the test-time ``views``, save as ``skinsite``.
 
-    ``half``: the combined weights are rounded to float16 first, and stored so (ml/export.py)."""
+    ``half``: the combined weights are rounded to float16 first, and stored so (ml/export.py).
+    ``int8``: served from an int8 TFLite file (``ml.export.to_int8_tflite``), the operating point chosen on its
+    val outputs."""
     loaded = [load_raw(f) for f in member_files]
     metas = [meta for _, meta in loaded]
     recipes = [meta["recipe"] for meta in metas]
@@ -137,14 +140,15 @@ def build(member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ON
     model = combine([m for m, _ in loaded], recipes[0]["cut"])
     entries = [entry for f, meta in zip(member_files, metas, strict=True) for entry in member_entries(f, meta)]
     result: dict = {
-        "recipe": recipes[0] | {"name": "ensemble", "half_precision": half},
+        "recipe": recipes[0] | {"name": "ensemble", "half_precision": half, "int8": int8},
         "members": entries,
         "train_seconds": round(sum(entry["train_seconds"] for entry in entries), 1),
         "data_dir": str(data_dir),
         "images": metas[0]["images"],
     }
-    result.update(choose_on_val(model, result["recipe"], data_dir, views))
-    return save(model, out, "skinsite", result, half)
+    calibration = int8_calibration(result["recipe"], data_dir)
+    result.update(choose_on_val(model, result["recipe"], data_dir, views, calibration))
+    return save_served(model, out, "skinsite", result, data_dir, calibration)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,10 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--views", type=views_option, default=list(ORIGINAL_ONLY), help="test-time views, comma-separated"
     )
+    parser.add_argument("--int8", action="store_true", help="serve an int8 TFLite file (convolutions in 8 bits)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        result = build(args.members, args.data_dir, args.out, args.views)
+        result = build(args.members, args.data_dir, args.out, args.views, int8=args.int8)
     except ValueError as error:
         parser.error(str(error))
     v = result["val"]

@@ -192,7 +192,8 @@ def reproduce(meta: dict) -> str:
         )
     files = " ".join(f"ml/runs/member{k}/skinsite.keras" for k in range(len(members)))
     views_flag = "" if views == ORIGINAL_ONLY else f" --views {','.join(views)}"
-    return f"{', '.join(train)}, then `python -m ml.ensemble {files}{views_flag}`"
+    int8_flag = " --int8" if meta.get("served_precision") == "int8" else ""
+    return f"{', '.join(train)}, then `python -m ml.ensemble {files}{views_flag}{int8_flag}`"
 
 
 def views_words(meta: dict) -> str:
@@ -291,7 +292,16 @@ def model_card(meta: dict, metrics: dict) -> str:
             f"- On val at that point: accuracy {fmt(val['accuracy'])}, balanced accuracy {fmt(val['balanced_accuracy'])}, "
             f"macro AUC {fmt(val['macro_auc'])}, melanoma recall {fmt(val['melanoma_recall'])}.",
         ]
-    if meta.get("weights") == "float16":
+    if meta.get("served_precision") == "int8":
+        lines.append(
+            "- Served as int8: the TFLite file computes the convolutions in 8-bit integers (weights per channel, "
+            "activations per tensor, their ranges measured on 200 train images); the dense layers and the softmax "
+            "stay float. The operating point and temperature were chosen on that file's own val outputs, and every "
+            "figure on this card is measured from it. The Keras file (float16 weights, for Grad-CAM and the quality "
+            "gate's features) computes in float and can answer differently on some images "
+            "(`ml/models/quantization.json`: the comparison on val that led to the switch)."
+        )
+    elif meta.get("weights") == "float16":
         lines.append(
             "- Weights rounded to float16 before the operating point was chosen, and stored so in both files (half "
             "their float32 size); the model computes in float32."

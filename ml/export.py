@@ -73,7 +73,9 @@ def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[n
     tensor, their ranges measured on the ``calibration`` arrays, each (h, w, 3) and preprocessed); input,
     dense layers, softmax and output stay float32. Returns the path.
 
-    Not what the service runs: ``python -m ml.quantize`` measures what it would cost and save."""
+    The same model and calibration arrays give the same file: the ranges are measured on the convolutions,
+    which an operating point folded into the last (float) layer does not touch. A model saved with
+    ``int8`` in its recipe is served so (``ml.train.save``); ``python -m ml.quantize`` compares the two kinds."""
     import tensorflow as tf
 
     arrays = [np.asarray(a, dtype=np.float32)[None] for a in calibration]

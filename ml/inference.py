@@ -69,10 +69,40 @@ def model_metadata(model_path: str | Path) -> dict:
     return json.loads(meta_file.read_text())
 
 
-class Classifier:
-    def __init__(self, model_path: str | Path | None = None, num_threads: int | None = None):
+class LiteModel:
+    """A LiteRT interpreter over one TFLite file: (n, h, w, 3) arrays -> (n, 7) probabilities, batch size as given.
+
+    Knows nothing of the model's JSON: :class:`Classifier` adds that, and ``ml.calibrate`` uses this alone on a
+    file it has just written."""
+
+    def __init__(self, model_path: str | Path, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
+        threads = num_threads or int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0)) or os.cpu_count() or 1
+        self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch = None
+        self._lock = threading.Lock()  # an interpreter is not thread-safe
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            if self._batch != len(batch):
+                self._interpreter.resize_tensor_input(self._input, batch.shape)
+                self._interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self._interpreter.set_tensor(self._input, batch)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output).copy()
+
+    def in_batches(self, arrays: np.ndarray, size: int = 32) -> np.ndarray:
+        """Probabilities for many arrays, ``size`` at a time (the interpreter's memory grows with the batch)."""
+        return np.concatenate([self(arrays[s : s + size]) for s in range(0, len(arrays), size)])
+
+
+class Classifier:
+    def __init__(self, model_path: str | Path | None = None, num_threads: int | None = None):
         self.model_path = Path(model_path or paths.SHIPPED_MODEL)
         meta = model_metadata(self.model_path)
         if tuple(meta["classes"]) != CLASSES:
@@ -82,26 +112,11 @@ class Classifier:
         self.views: tuple[str, ...] = served_views(meta)
         if unknown := set(self.views) - set(VIEWS):
             raise ValueError(f"{self.model_path}: unknown test-time views {sorted(unknown)}")
-        threads = num_threads or int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0)) or os.cpu_count() or 1
-        self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=threads)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = None
-        self._lock = threading.Lock()  # an interpreter is not thread-safe
+        self._invoke = LiteModel(self.model_path, num_threads)
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, 3) preprocessed arrays -> (n, 7) probabilities (over the model's test-time views)."""
         return predict_views(self._invoke, np.ascontiguousarray(batch, dtype=np.float32), self.views)
-
-    def _invoke(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            if self._batch != len(batch):
-                self._interpreter.resize_tensor_input(self._input, batch.shape)
-                self._interpreter.allocate_tensors()
-                self._batch = len(batch)
-            self._interpreter.set_tensor(self._input, batch)
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output).copy()
 
     def predict(self, source: ImageSource) -> Prediction:
         probs = self.predict_arrays(preprocess(source, self.input_size)[None])[0]

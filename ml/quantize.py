@@ -92,11 +92,12 @@ def batch1_ms(classifiers: dict[str, Classifier], repeats: int, rounds: int = 10
 
 def compare(keras_file: Path, data_dir: Path, out: Path, calibration_images: int = 200, repeats: int = 100) -> dict:
     meta = model_metadata(keras_file)
+    if meta.get("served_precision") == "int8":
+        raise ValueError(f"{keras_file.with_suffix('.tflite')} is int8 already: nothing to compare it with")
     size = tuple(meta["input_size"])
     frame = data.load_dataset(data_dir)
     train, val = data.part(frame, "train"), data.part(frame, "val")
-    rng = np.random.default_rng(0)
-    chosen = train["path"].to_numpy()[rng.choice(len(train), min(calibration_images, len(train)), replace=False)]
+    chosen = data.calibration_paths(frame, calibration_images)
     log.info("quantising %s on %d train images", keras_file, len(chosen))
     int8_file = write_int8(keras_file, meta, out, [preprocess(p, size) for p in chosen])
 
@@ -139,7 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the comparison here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = compare(args.model, args.data_dir, args.out, args.calibration_images, args.repeats)
+    try:
+        result = compare(args.model, args.data_dir, args.out, args.calibration_images, args.repeats)
+    except ValueError as error:
+        parser.error(str(error))
     print(f"answers differ on {result['answers_differ']:.1%} of {result['val_images']} val images")
     print(f"{'file':<8} {'MB':>5} {'p50 ms':>7} {'p95 ms':>7} {'raw AUC':>8} {'mel AUC':>8}")
     for name in ("served", "int8"):

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import data, features, paths  # noqa: E402
-from .export import deflate, round_to_half, to_tflite  # noqa: E402
+from .export import deflate, round_to_half, to_int8_tflite, to_tflite  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import (  # noqa: E402
     choose_operating_point,
@@ -294,10 +294,12 @@ def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.
     }
 
 
-def save(model, out: Path, name: str, result: dict, half: bool = True) -> dict:
+def save(model, out: Path, name: str, result: dict, half: bool = True, int8_calibration=None) -> dict:
     """Write the Keras file, its TFLite export and the JSON beside them; the version names the TFLite hash.
 
-    ``half``: weights rounded to float16 (in place) and stored so in both files (see ml/export.py)."""
+    ``half``: weights rounded to float16 (in place) and stored so in both files (see ml/export.py).
+    ``int8_calibration``: preprocessed train arrays; where given, the TFLite file computes the convolutions in
+    8-bit integers, their ranges measured on those arrays (``ml.export.to_int8_tflite``)."""
     out.mkdir(parents=True, exist_ok=True)
     keras_file, tflite_file = out / f"{name}.keras", out / f"{name}.tflite"
     if half:
@@ -308,7 +310,10 @@ def save(model, out: Path, name: str, result: dict, half: bool = True) -> dict:
     backend = keras.backend.backend()
     files = [keras_file]
     if backend == "tensorflow":  # the TFLite export needs TensorFlow: elsewhere ml.ensemble or ml.calibrate makes it
-        files.append(to_tflite(model, tflite_file, half))
+        if int8_calibration is None:
+            files.append(to_tflite(model, tflite_file, half))
+        else:
+            files.append(to_int8_tflite(model, tflite_file, int8_calibration))
     hashes = {file.name: sha256(file) for file in files}
     digest = hashes[files[-1].name]
     stamp = datetime.now(UTC)
@@ -324,6 +329,9 @@ def save(model, out: Path, name: str, result: dict, half: bool = True) -> dict:
         backend=backend,
         weights="float16" if half else "float32",
     )
+    result.pop("served_precision", None)  # a recalibrated model's JSON may say it from before
+    if int8_calibration is not None:
+        result["served_precision"] = "int8"  # the TFLite file's convolutions; the Keras file keeps ``weights``
     if backend == "tensorflow":
         import tensorflow as tf
 

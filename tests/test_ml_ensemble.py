@@ -158,24 +158,22 @@ def test_grad_cam_on_an_ensemble_adds_the_members_maps_and_averages_their_featur
     np.testing.assert_allclose(batched[0], pooled, rtol=1e-4, atol=1e-5)
 
 
-def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ensemble(tmp_path):
-    from ml.calibrate import load_raw
-    from ml.ensemble import build
+def saved_members(folder, n: int = 2):
+    """``n`` tiny members saved as ``ml.train`` saves a model, each with its own operating point and temperature
+    folded in; returns their files and their raw probabilities on ``inputs()``."""
     from ml.model import fold_output_adjustment
     from ml.train import RECIPES
-    from tests.test_ml_pipeline import synthetic_ham
 
-    data_dir = synthetic_ham(tmp_path / "ham")
     recipe = replace(RECIPES["improved"], input_size=SIZE, alpha=0.35, units=8, cut=CUT)
     files = []
     x = inputs()
     raw = []
-    for k, member in enumerate(tiny_members(2)):
+    for k, member in enumerate(tiny_members(n)):
         raw.append(np.log(member.predict(x, verbose=0)))
         bias, temperature = np.linspace(-0.5, 0.5, len(CLASSES)) * (k + 1), 1.5 + k
         fold_output_adjustment(member, bias, temperature)
-        file = tmp_path / f"member{k}" / "skinsite.keras"
-        file.parent.mkdir()
+        file = folder / f"member{k}" / "skinsite.keras"
+        file.parent.mkdir(parents=True)
         member.save(file)
         meta = {
             "recipe": asdict(replace(recipe, seed=k)),
@@ -190,6 +188,17 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
         }
         file.with_suffix(".json").write_text(json.dumps(meta))
         files.append(file)
+    return files, raw
+
+
+def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ensemble(tmp_path):
+    from ml.calibrate import load_raw
+    from ml.ensemble import build
+    from tests.test_ml_pipeline import synthetic_ham
+
+    data_dir = synthetic_ham(tmp_path / "ham")
+    files, raw = saved_members(tmp_path)
+    x = inputs()
     for file, logits in zip(files, raw, strict=True):
         unfolded, _ = load_raw(file)  # the member's own operating point and temperature undone
         np.testing.assert_allclose(unfolded.predict(x, verbose=0), np.exp(logits), atol=1e-5)
@@ -209,6 +218,46 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
     grown = build([tmp_path / "out" / "skinsite.keras", files[1]], data_dir, tmp_path / "grown", half=False)
     assert [m["version"] for m in grown["members"]] == ["member-0", "member-1", "member-1"]
     assert grown["train_seconds"] == 50.0
+
+
+def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_outputs(tmp_path):
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ml import data
+    from ml.calibrate import recalibrate
+    from ml.ensemble import build
+    from ml.inference import Classifier
+    from ml.metrics import summary
+    from ml.preprocess import preprocess
+    from tests.test_ml_pipeline import synthetic_ham
+
+    data_dir = synthetic_ham(tmp_path / "ham")
+    files, _ = saved_members(tmp_path)
+    out = tmp_path / "out"
+    result = build(files, data_dir, out, half=False, int8=True)
+    meta = json.loads((out / "skinsite.json").read_text())
+    assert meta["served_precision"] == "int8" and meta["recipe"]["int8"] is True
+    assert np.int8 in {d["dtype"] for d in Interpreter(model_path=str(out / "skinsite.tflite")).get_tensor_details()}
+
+    val = data.part(data.load_dataset(data_dir), "val")
+    arrays = np.stack([preprocess(p, SIZE) for p in val["path"]])
+    served = Classifier(out / "skinsite.tflite").predict_arrays(arrays)
+    in_float = keras.models.load_model(out / "skinsite.keras").predict(arrays, verbose=0)
+    # The JSON's val figures are the served int8 file's own, which are not the Keras model's.
+    y = val["label"].to_numpy()
+    figures = summary(y, served)
+    for key in ("accuracy", "balanced_accuracy", "melanoma_recall"):
+        assert figures[key] == pytest.approx(result["val"][key], abs=1e-9), key
+    assert figures["ece"] == pytest.approx(result["val"]["ece"], abs=1e-5)
+    assert abs(summary(y, in_float)["ece"] - result["val"]["ece"]) > 1e-3
+    assert np.abs(served - in_float).max() > 1e-2
+
+    # Choosing again keeps it int8; the same calibration images give the same point and the same outputs.
+    again = recalibrate(out / "skinsite.keras", data_dir)
+    assert again["served_precision"] == "int8"
+    assert again["logit_adjustment"]["bias"] == pytest.approx(result["logit_adjustment"]["bias"])
+    np.testing.assert_allclose(Classifier(out / "skinsite.tflite").predict_arrays(arrays), served, atol=1e-5)
 
 
 def test_a_half_precision_build_rounds_every_member_so_a_float32_one_joins_a_rounded_ensemble(trio):

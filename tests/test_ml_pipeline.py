@@ -328,3 +328,16 @@ def test_a_model_asking_for_an_unknown_view_is_refused(tiny_run, tmp_path):
 
     with pytest.raises(ValueError, match="unknown test-time views"):
         Classifier(served_with_views(tiny_run, tmp_path, ["original", "sideways"]))
+
+
+def test_quantize_refuses_a_model_served_in_int8_already(tiny_run, tmp_path):
+    from ml.quantize import compare
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    for name in ("skinsite.keras", "skinsite.tflite"):
+        (folder / name).write_bytes((tiny_run["model_dir"] / name).read_bytes())
+    meta = json.loads((tiny_run["model_dir"] / "skinsite.json").read_text())
+    (folder / "skinsite.json").write_text(json.dumps(meta | {"served_precision": "int8"}))
+    with pytest.raises(ValueError, match="int8 already"):
+        compare(folder / "skinsite.keras", tiny_run["data_dir"], tmp_path / "out")
