@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
-from analysis.services import CLOSED_CASE, start_analysis
+from analysis.services import CLOSED_CASE, submit_image
 from analysis.uploads import UploadRejected, validate_image_file
 
 User = get_user_model()
@@ -123,13 +123,13 @@ class LesionImageAdmin(admin.ModelAdmin):
         return [*self.readonly_fields, "case", "image"] if obj else self.readonly_fields
 
     def save_model(self, request, obj, form, change):
-        if "image" in form.changed_data:
-            obj.attach(form.cleaned_data["image"])
-        if not change:
-            obj.uploaded_by = request.user
-        super().save_model(request, obj, form, change)
-        if not change:
-            start_analysis(obj)  # an image added here is analysed like any other
+        if change:  # only when it was taken may change (case and file are read-only)
+            super().save_model(request, obj, form, change)
+            return
+        # Added here, an image is stored and analysed as through any other door, the case locked meanwhile. The
+        # form has refused a closed case and a duplicate already; one closed or given the same image in between
+        # raises UploadRejected, and nothing is kept.
+        submit_image(obj.case, form.cleaned_data["image"], request.user, obj.captured_at, image=obj)
 
 
 @admin.register(Analysis)

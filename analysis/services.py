@@ -45,18 +45,22 @@ def removing_files_on_failure():
         _stored_files.reset(token)
 
 
-def submit_image(case: Case, upload: File, user, captured_at: datetime | None = None) -> Analysis:
+def submit_image(
+    case: Case, upload: File, user, captured_at: datetime | None = None, image: LesionImage | None = None
+) -> Analysis:
     """Store an (already validated) image on a case and queue its analysis.
 
     Raises UploadRejected if the case is closed, or already holds the same image: validation said so too, but
     two uploads of one image at the same moment both pass it, so the check is made again here, with the case
-    row locked until this transaction ends (SQLite serialises writers anyway). Every door comes through here,
-    so a closed case takes no image from any of them."""
+    row locked until this transaction ends (SQLite serialises writers anyway). Every door comes through here
+    (web form, API, ``manage.py analyze``, the admin), so a closed case takes no image from any of them.
+    ``image``: an unsaved LesionImage to fill in and store (the admin's form makes one), instead of a new one."""
     with removing_files_on_failure(), transaction.atomic():
         status = Case.objects.select_for_update().filter(pk=case.pk).values_list("status", flat=True).get()
         if status != Case.Status.OPEN:
             raise UploadRejected(CLOSED_CASE)
-        image = LesionImage(case=case, uploaded_by=user, captured_at=captured_at)
+        image = image or LesionImage()
+        image.case, image.uploaded_by, image.captured_at = case, user, captured_at
         image.attach(upload)
         refuse_duplicate(case, image.sha256)
         image.save()

@@ -123,6 +123,35 @@ def test_the_admin_adds_no_image_to_a_closed_case(client, superuser):
     assert not LesionImage.objects.exists()
 
 
+def test_an_image_added_in_the_admin_is_queued_like_any_other(client, superuser):
+    case = CaseFactory()
+    client.force_login(superuser)
+    response = client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))})
+    assert response.status_code == 302
+    image = LesionImage.objects.get()
+    assert response["Location"] == admin_url(LesionImage, "changelist")
+    assert list(image.analyses.values_list("status", flat=True)) == ["queued"]
+
+
+def test_the_admin_stores_through_the_locked_check_so_a_duplicate_it_missed_is_still_refused(
+    client, superuser, settings, monkeypatch
+):
+    # As if a second upload of the same picture landed between the form's checks and the save: the admin's
+    # validation passes it, the locked check in submit_image does not, and nothing of it is kept.
+    import analysis.admin
+    from analysis.uploads import UploadRejected
+
+    case = CaseFactory()
+    client.force_login(superuser)
+    client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))})
+    stored = {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+    monkeypatch.setattr(analysis.admin, "validate_image_file", lambda upload, case: None)
+    with pytest.raises(UploadRejected):
+        client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("b.jpg", (80, 64))})
+    assert LesionImage.objects.count() == 1
+    assert {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()} == stored
+
+
 def case_form(case) -> dict:
     return {
         "body_site": case.body_site,
