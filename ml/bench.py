@@ -1,7 +1,8 @@
 """Serving speed: ``python -m ml.bench`` prints p50/p95 ms per image at batch 1 and images/s at batch 32.
 
 Three paths over the same model: LiteRT (the TFLite file the workers serve), a ``tf.function`` over the
-Keras model, and Keras ``model.predict``. Warm-up calls are left out of the figures.
+Keras model, and Keras ``model.predict``. Warm-up calls are left out of the figures. Where the model is served
+as int8 (its JSON's ``served_precision``), the LiteRT row is that int8 file and the other two compute in float.
 """
 
 from __future__ import annotations
