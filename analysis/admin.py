@@ -7,9 +7,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.http import HttpResponseRedirect
 
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
-from analysis.services import CLOSED_CASE, submit_image
+from analysis.services import CLOSED_CASE, removing_files_on_failure, submit_image
 from analysis.uploads import UploadRejected, validate_image_file
 
 User = get_user_model()
@@ -122,13 +123,23 @@ class LesionImageAdmin(admin.ModelAdmin):
         # swapped afterwards (a new image is added instead, and analysed).
         return [*self.readonly_fields, "case", "image"] if obj else self.readonly_fields
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # The file stored by an add is deleted again if anything after it fails, the admin's own transaction
+        # (log entry, commit) included; a refusal the form could not foresee comes back as a message.
+        try:
+            with removing_files_on_failure():
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        except UploadRejected as rejected:
+            self.message_user(request, str(rejected), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_model(self, request, obj, form, change):
         if change:  # only when it was taken may change (case and file are read-only)
             super().save_model(request, obj, form, change)
             return
         # Added here, an image is stored and analysed as through any other door, the case locked meanwhile. The
         # form has refused a closed case and a duplicate already; one closed or given the same image in between
-        # raises UploadRejected, and nothing is kept.
+        # raises UploadRejected (see changeform_view).
         submit_image(obj.case, form.cleaned_data["image"], request.user, obj.captured_at, image=obj)
 
 

@@ -59,6 +59,8 @@ def submit_image(
         status = Case.objects.select_for_update().filter(pk=case.pk).values_list("status", flat=True).get()
         if status != Case.Status.OPEN:
             raise UploadRejected(CLOSED_CASE)
+        if image is not None and image.pk is not None:
+            raise ValueError("submit_image stores a new image, not one already saved")
         image = image or LesionImage()
         image.case, image.uploaded_by, image.captured_at = case, user, captured_at
         image.attach(upload)

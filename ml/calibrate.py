@@ -12,6 +12,7 @@ file's outputs, and the file is written again.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -94,25 +95,34 @@ def load_raw(keras_file: Path) -> tuple[keras.Model, dict]:
     return model, meta
 
 
+def served_val_figures(tflite_file: Path, data_dir: Path, input_size, views, minimum: float | None = None) -> dict:
+    """``{"val": ...}``: the figures of a TFLite file on the val part, over its test-time ``views``. Warns where
+    the file's own melanoma recall is under ``minimum``, the rule's floor (a near tie may have moved)."""
+    val = data.part(data.load_dataset(data_dir), "val")
+    served = LiteModel(tflite_file)
+    arrays = np.stack([preprocess(p, tuple(input_size)) for p in val["path"]])
+    figures = summary(val["label"].to_numpy(), predict_views(served.in_batches, arrays, views))
+    if minimum is not None and figures["melanoma_recall"] < minimum:
+        log.warning("the written file's val melanoma recall %.4f is under %.2f", figures["melanoma_recall"], minimum)
+    return {"val": figures}
+
+
 def save_served(model, out: Path, name: str, result: dict, data_dir: Path, calibration=None) -> dict:
-    """``ml.train.save``; for an int8 file, its JSON's val figures are then measured from the file
-    written (the point was chosen on an int8 export before the adjustment was folded in and the last layer rounded
-    to float16, which may move an answer that was a near tie)."""
-    result = save(model, out, name, result, result["recipe"].get("half_precision", False), calibration)
-    if calibration is None:
-        return result
-    frame = data.load_dataset(data_dir)
-    val = data.part(frame, "val")
-    arrays = np.stack([preprocess(p, tuple(result["input_size"])) for p in val["path"]])
-    served = LiteModel(out / f"{name}.tflite")
-    probs = predict_views(served.in_batches, arrays, served_views(result))
-    measured = summary(val["label"].to_numpy(), probs)
-    log.info(
-        "val from the written file: accuracy %.4f (chosen on %.4f)", measured["accuracy"], result["val"]["accuracy"]
-    )
-    result["val"] = measured
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    return result
+    """``ml.train.save``, and for an int8 file, the JSON's val figures measured from the file written: the point
+    was chosen on an int8 export made before the adjustment was folded in and the last layer rounded to float16,
+    which may move an answer that was a near tie. (``val_before_calibration`` and the point's ``sweep`` stay
+    those of that export.)"""
+    measure = None
+    if calibration is not None:
+        measure = functools.partial(
+            served_val_figures,
+            data_dir=data_dir,
+            input_size=result["recipe"]["input_size"],
+            views=served_views(result),
+            minimum=result["recipe"].get("min_val_melanoma_recall"),
+        )
+    half = result["recipe"].get("half_precision", False)
+    return save(model, out, name, result, half, calibration, measure)
 
 
 def recalibrate(model_file: Path, data_dir: Path, views: list[str] | None = None) -> dict:

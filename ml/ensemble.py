@@ -12,7 +12,8 @@ features (``ml.explain``).
 A member file may itself be an ensemble: its networks join one by one, so a new network is added to the
 shipped ones with ``python -m ml.ensemble ml/models/skinsite.keras ml/runs/member2/skinsite.keras``, and
 ``python -m ml.ensemble ml/models/skinsite.keras`` alone builds the shipped networks again (for example to
-store an older float32 ensemble in half precision, which the operating point is then chosen for).
+store an older float32 ensemble in half precision, which the operating point is then chosen for). The result
+is served as the first member file is (int8 or float) unless ``--int8`` or ``--no-int8`` says otherwise.
 
 Serving cost grows by about 0.6 of one network's time per network (the shared blocks are 38% of the
 multiply-adds): measured with LiteRT at batch 1, p50, in one interleaved run, one network took 5.4 ms, two
@@ -120,13 +121,18 @@ def member_entries(file: Path, meta: dict) -> list[dict]:
 
 
 def build(
-    member_files: list[Path], data_dir: Path, out: Path, views=ORIGINAL_ONLY, half: bool = True, int8: bool = False
+    member_files: list[Path],
+    data_dir: Path,
+    out: Path,
+    views=ORIGINAL_ONLY,
+    half: bool = True,
+    int8: bool | None = None,
 ) -> dict:
     """Combine the members, choose the operating point on val over the test-time ``views``, save as ``skinsite``.
 
     ``half``: the combined weights are rounded to float16 first, and stored so (ml/export.py).
     ``int8``: served from an int8 TFLite file (``ml.export.to_int8_tflite``), the operating point chosen on its
-    val outputs."""
+    val outputs; None: as the first member file is (so the shipped int8 model grows or is rebuilt as int8)."""
     loaded = [load_raw(f) for f in member_files]
     metas = [meta for _, meta in loaded]
     recipes = [meta["recipe"] for meta in metas]
@@ -141,12 +147,14 @@ def build(
     model = combine([m for m, _ in loaded], recipes[0]["cut"])
     entries = [entry for f, meta in zip(member_files, metas, strict=True) for entry in member_entries(f, meta)]
     result: dict = {
-        "recipe": recipes[0] | {"name": "ensemble", "half_precision": half, "int8": int8},
+        "recipe": recipes[0] | {"name": "ensemble", "half_precision": half, "int8": bool(recipes[0].get("int8"))},
         "members": entries,
         "train_seconds": round(sum(entry["train_seconds"] for entry in entries), 1),
         "data_dir": str(data_dir),
         "images": metas[0]["images"],
     }
+    if int8 is not None:
+        result["recipe"]["int8"] = int8
     calibration = int8_calibration(result["recipe"], data_dir)
     result.update(choose_on_val(model, result["recipe"], data_dir, views, calibration))
     return save_served(model, out, "skinsite", result, data_dir, calibration)
@@ -160,7 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--views", type=views_option, default=list(ORIGINAL_ONLY), help="test-time views, comma-separated"
     )
-    parser.add_argument("--int8", action="store_true", help="serve an int8 TFLite file (convolutions in 8 bits)")
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        help="serve an int8 TFLite file (convolutions in 8 bits), or not; default: as the first member file",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:

@@ -295,7 +295,8 @@ def model_card(meta: dict, metrics: dict) -> str:
     if meta.get("served_precision") == "int8":
         lines.append(
             "- Served as int8: the TFLite file computes the convolutions in 8-bit integers (weights per channel, "
-            "activations per tensor, their ranges measured on 200 train images); the dense layers and the softmax "
+            f"activations per tensor, their ranges measured on {meta.get('int8_calibration_images', 200)} train "
+            "images); the dense layers and the softmax "
             "stay float. The operating point and temperature were chosen on that file's own val outputs, and every "
             "figure on this card is measured from it. The Keras file (float16 weights, for Grad-CAM and the quality "
             "gate's features) computes in float and can answer differently on some images "

@@ -98,6 +98,8 @@ class LiteModel:
 
     def in_batches(self, arrays: np.ndarray, size: int = 32) -> np.ndarray:
         """Probabilities for many arrays, ``size`` at a time (the interpreter's memory grows with the batch)."""
+        if len(arrays) == 0:
+            return np.zeros((0, len(CLASSES)), dtype=np.float32)
         return np.concatenate([self(arrays[s : s + size]) for s in range(0, len(arrays), size)])
 
 

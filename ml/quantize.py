@@ -1,14 +1,15 @@
-"""Would an 8-bit TFLite file serve as well as the shipped one? ``python -m ml.quantize [--json FILE]``.
+"""Would an 8-bit TFLite file serve a float-served model as well? ``python -m ml.quantize --model A.keras``.
 
-Writes an int8 copy of the shipped Keras model (``ml.export.to_int8_tflite``: convolutions in 8 bits,
-calibrated on train images; dense layers and softmax in float) beside a copy of its JSON, then compares it
-with the shipped TFLite file on val: LiteRT latency at batch 1 (the two files timed in turn, so both see the
-same machine), how often their answers differ, and on val, for each file: macro and melanoma AUC of the raw
-logits (before any operating point), accuracy, balanced accuracy, macro AUC and melanoma recall at the served
-operating point, and the same at an operating point chosen again on val by the served rule (``ml.metrics``),
-as it would be if the file shipped. Compare rankings by the raw AUCs: an operating point moves one-vs-rest
-AUCs too. The test part is not read. Nothing serves the int8 file; ``ml/models/quantization.json`` records
-the last comparison.
+Writes an int8 copy of the model (``ml.export.to_int8_tflite``: convolutions in 8 bits, calibrated on train
+images; dense layers and softmax in float) beside a copy of its JSON, then compares it with the model's own
+TFLite file on val: LiteRT latency at batch 1 (the two files timed in turn, so both see the same machine), how
+often their answers differ, and on val, for each file: macro and melanoma AUC of the raw logits (before any
+operating point), accuracy, balanced accuracy, macro AUC and melanoma recall at the model's operating point,
+and the same at an operating point chosen again on val by the served rule (``ml.metrics``), as it would be if
+the file shipped. Compare rankings by the raw AUCs: an operating point moves one-vs-rest AUCs too. The test
+part is not read. ``ml/models/quantization.json`` records the comparison that made the shipped model int8
+(``python -m ml.ensemble --int8``, which chooses the operating point on the int8 file itself); a model served
+as int8 already is refused.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def write_int8(keras_file: Path, meta: dict, out: Path, calibration: list[np.nda
     digest = sha256(tflite)
     marked = meta | {
         "version": f"{meta['version']}-int8-{digest[:8]}",
-        "weights": "int8",
+        "served_precision": "int8",
+        "int8_calibration_images": len(calibration),
         "files": {tflite.name: digest},
     }
     (out / "skinsite.json").write_text(json.dumps(marked, indent=2))
@@ -132,7 +134,7 @@ def compare(keras_file: Path, data_dir: Path, out: Path, calibration_images: int
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml.quantize", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL.with_suffix(".keras"))
+    parser.add_argument("--model", type=Path, required=True, help="a float-served model's .keras file")
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
     parser.add_argument("--out", type=Path, default=paths.RUNS_DIR / "int8", help="where the int8 file goes")
     parser.add_argument("--calibration-images", type=int, default=200)

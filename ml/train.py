@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -294,50 +295,64 @@ def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.
     }
 
 
-def save(model, out: Path, name: str, result: dict, half: bool = True, int8_calibration=None) -> dict:
+def save(model, out: Path, name: str, result: dict, half: bool = True, int8_calibration=None, measure=None) -> dict:
     """Write the Keras file, its TFLite export and the JSON beside them; the version names the TFLite hash.
 
-    ``half``: weights rounded to float16 (in place) and stored so in both files (see ml/export.py).
+    ``half``: weights rounded to float16 (in place) and stored so in the Keras file, and in the TFLite file
+    where that is float (see ml/export.py).
     ``int8_calibration``: preprocessed train arrays; where given, the TFLite file computes the convolutions in
-    8-bit integers, their ranges measured on those arrays (``ml.export.to_int8_tflite``)."""
+    8-bit integers, their ranges measured on those arrays (``ml.export.to_int8_tflite``).
+    ``measure``: called with the new TFLite file's path before anything is in place; the dict it returns goes
+    into the JSON (``ml.calibrate.save_served`` measures val on the file itself).
+    The files are written to a folder beside ``out`` and moved in only when all of them are there, so a failed
+    export or measurement leaves the model that was there as it was."""
     out.mkdir(parents=True, exist_ok=True)
-    keras_file, tflite_file = out / f"{name}.keras", out / f"{name}.tflite"
     if half:
         round_to_half(model)  # a no-op where they already are; the last layer may have had an adjustment folded in
-    model.save(keras_file, include_optimizer=False)
-    if half:
-        deflate(keras_file)
     backend = keras.backend.backend()
-    files = [keras_file]
-    if backend == "tensorflow":  # the TFLite export needs TensorFlow: elsewhere ml.ensemble or ml.calibrate makes it
-        if int8_calibration is None:
-            files.append(to_tflite(model, tflite_file, half))
-        else:
-            files.append(to_int8_tflite(model, tflite_file, int8_calibration))
-    hashes = {file.name: sha256(file) for file in files}
-    digest = hashes[files[-1].name]
-    stamp = datetime.now(UTC)
-    result.update(
-        name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
-        version=f"mnv2-ham10000-{result['recipe']['name']}-{stamp:%Y%m%d}-{digest[:8]}",
-        created_at=stamp.isoformat(timespec="seconds"),
-        classes=list(CLASSES),
-        input_size=list(result["recipe"]["input_size"]),
-        files=hashes,
-        python=sys.version.split()[0],
-        keras=keras.__version__,
-        backend=backend,
-        weights="float16" if half else "float32",
-    )
-    result.pop("served_precision", None)  # a recalibrated model's JSON may say it from before
-    if int8_calibration is not None:
-        result["served_precision"] = "int8"  # the TFLite file's convolutions; the Keras file keeps ``weights``
-    if backend == "tensorflow":
-        import tensorflow as tf
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}-") as tmp:
+        keras_file, tflite_file, json_file = (
+            Path(tmp) / f"{name}{suffix}" for suffix in (".keras", ".tflite", ".json")
+        )
+        model.save(keras_file, include_optimizer=False)
+        if half:
+            deflate(keras_file)
+        files = [keras_file]
+        if backend == "tensorflow":  # the TFLite export needs TensorFlow: elsewhere ml.ensemble or ml.calibrate does
+            if int8_calibration is None:
+                files.append(to_tflite(model, tflite_file, half))
+            else:
+                files.append(to_int8_tflite(model, tflite_file, int8_calibration))
+        hashes = {file.name: sha256(file) for file in files}
+        digest = hashes[files[-1].name]
+        stamp = datetime.now(UTC)
+        result.update(
+            name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",
+            version=f"mnv2-ham10000-{result['recipe']['name']}-{stamp:%Y%m%d}-{digest[:8]}",
+            created_at=stamp.isoformat(timespec="seconds"),
+            classes=list(CLASSES),
+            input_size=list(result["recipe"]["input_size"]),
+            files=hashes,
+            python=sys.version.split()[0],
+            keras=keras.__version__,
+            backend=backend,
+            weights="float16" if half else "float32",
+        )
+        for key in ("served_precision", "int8_calibration_images"):  # a recalibrated model's JSON may hold them
+            result.pop(key, None)
+        if int8_calibration is not None:
+            # The TFLite file's convolutions; the Keras file keeps ``weights``.
+            result.update(served_precision="int8", int8_calibration_images=len(int8_calibration))
+        if backend == "tensorflow":
+            import tensorflow as tf
 
-        result["tensorflow"] = tf.__version__
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    log.info("saved %s (%s)", keras_file, result["version"])
+            result["tensorflow"] = tf.__version__
+        if measure is not None and tflite_file in files:
+            result.update(measure(tflite_file))
+        json_file.write_text(json.dumps(result, indent=2))
+        for file in [*files, json_file]:
+            os.replace(file, out / file.name)
+    log.info("saved %s (%s)", out / f"{name}.keras", result["version"])
     return result
 
 

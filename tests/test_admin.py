@@ -3,6 +3,7 @@ import hashlib
 import pytest
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
@@ -131,6 +132,8 @@ def test_an_image_added_in_the_admin_is_queued_like_any_other(client, superuser)
     image = LesionImage.objects.get()
     assert response["Location"] == admin_url(LesionImage, "changelist")
     assert list(image.analyses.values_list("status", flat=True)) == ["queued"]
+    assert image.uploaded_by == superuser
+    assert LogEntry.objects.get(object_id=str(image.pk)).is_addition()
 
 
 def test_the_admin_stores_through_the_locked_check_so_a_duplicate_it_missed_is_still_refused(
@@ -139,17 +142,35 @@ def test_the_admin_stores_through_the_locked_check_so_a_duplicate_it_missed_is_s
     # As if a second upload of the same picture landed between the form's checks and the save: the admin's
     # validation passes it, the locked check in submit_image does not, and nothing of it is kept.
     import analysis.admin
-    from analysis.uploads import UploadRejected
 
     case = CaseFactory()
     client.force_login(superuser)
     client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))})
     stored = {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
     monkeypatch.setattr(analysis.admin, "validate_image_file", lambda upload, case: None)
-    with pytest.raises(UploadRejected):
-        client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("b.jpg", (80, 64))})
+    response = client.post(
+        admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("b.jpg", (80, 64))}, follow=True
+    )
+    assert response.redirect_chain == [(admin_url(LesionImage, "add"), 302)]
+    assert "This image is already in this case" in response.content.decode()
     assert LesionImage.objects.count() == 1
     assert {p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()} == stored
+
+
+def test_an_image_the_admin_added_is_removed_again_when_its_transaction_fails_later(
+    client, superuser, settings, monkeypatch
+):
+    case = CaseFactory()
+    client.force_login(superuser)
+
+    def failing_log(*args, **kwargs):
+        raise RuntimeError("the admin log could not be written")
+
+    monkeypatch.setattr(admin.ModelAdmin, "log_addition", failing_log)
+    with pytest.raises(RuntimeError):
+        client.post(admin_url(LesionImage, "add"), {"case": case.pk, "image": jpeg_upload("a.jpg", (80, 64))})
+    assert not LesionImage.objects.exists()
+    assert not [p for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()]
 
 
 def case_form(case) -> dict:

@@ -225,7 +225,7 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
     from ai_edge_litert.interpreter import Interpreter
 
     from ml import data
-    from ml.calibrate import recalibrate
+    from ml.calibrate import choose_on_val, load_raw, recalibrate
     from ml.ensemble import build
     from ml.inference import Classifier
     from ml.metrics import summary
@@ -236,6 +236,7 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
     files, _ = saved_members(tmp_path)
     out = tmp_path / "out"
     result = build(files, data_dir, out, half=False, int8=True)
+    assert result["int8_calibration_images"] == 8 * len(CLASSES)  # all of synthetic_ham's train part
     meta = json.loads((out / "skinsite.json").read_text())
     assert meta["served_precision"] == "int8" and meta["recipe"]["int8"] is True
     assert np.int8 in {d["dtype"] for d in Interpreter(model_path=str(out / "skinsite.tflite")).get_tensor_details()}
@@ -251,11 +252,19 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
         assert figures[key] == pytest.approx(result["val"][key], abs=1e-9), key
     assert figures["ece"] == pytest.approx(result["val"]["ece"], abs=1e-5)
     assert abs(summary(y, in_float)["ece"] - result["val"]["ece"]) > 1e-3
-    assert np.abs(served - in_float).max() > 1e-2
+    assert not np.allclose(served, in_float, atol=1e-3)
+    # And the point was chosen on the int8 outputs: on the Keras model's, the same rule fits another temperature.
+    raw, meta = load_raw(out / "skinsite.keras")
+    as_if_float = choose_on_val(raw, meta["recipe"], data_dir)
+    assert as_if_float["temperature"] != pytest.approx(result["temperature"], rel=1e-3)
 
-    # Choosing again keeps it int8; the same calibration images give the same point and the same outputs.
+    # Choosing again keeps it int8; the same calibration images give the same point and the same outputs. So
+    # does building again from the int8 model, unless told otherwise.
     again = recalibrate(out / "skinsite.keras", data_dir)
     assert again["served_precision"] == "int8"
+    assert build([out / "skinsite.keras"], data_dir, tmp_path / "rebuilt", half=False)["served_precision"] == "int8"
+    floated = build([out / "skinsite.keras"], data_dir, tmp_path / "floated", half=False, int8=False)
+    assert "served_precision" not in floated and floated["recipe"]["int8"] is False
     assert again["logit_adjustment"]["bias"] == pytest.approx(result["logit_adjustment"]["bias"])
     np.testing.assert_allclose(Classifier(out / "skinsite.tflite").predict_arrays(arrays), served, atol=1e-5)
 

@@ -14,8 +14,8 @@ from ml.labels import CLASSES
 pytest.importorskip("tensorflow")
 
 # Largest probability difference allowed between a half-precision TFLite file and its Keras model. Measured for
-# the shipped three-network ensemble: at most 4.5e-4 over 128 val images; this tiny network's own figure is not
-# recorded, and the bound leaves it room.
+# the three-network ensemble when it was served in float16: at most 4.5e-4 over 128 val images; this tiny
+# network's own figure is not recorded, and the bound leaves it room.
 HALF_PRECISION_TOLERANCE = 2e-3
 
 # Each class gets its own colour and blob position, so a small network can learn them in a few steps.

@@ -94,10 +94,16 @@ def test_the_val_figures_in_the_models_json_are_the_served_files_own(classifier)
     probs = np.concatenate([classifier.predict_arrays(arrays[s : s + 64]) for s in range(0, len(arrays), 64)])
     figures = summary(val["label"].to_numpy(), probs)
     assert figures["n"] == meta["images"]["val"]
-    # An int8 model's figures are measured from the file itself (ml.calibrate.save_served). A float one's come
-    # from its Keras twin, up to 4.5e-4 apart in probability: an image whose two best classes tie that closely
-    # may go the other way (one df image of val's 8 moves balanced accuracy by 0.018).
-    tolerance = 1e-9 if meta.get("served_precision") == "int8" else 0.02
-    for key in ("accuracy", "balanced_accuracy", "melanoma_recall"):
-        assert figures[key] == pytest.approx(meta["val"][key], abs=tolerance), key
-    assert figures["macro_auc"] == pytest.approx(meta["val"]["macro_auc"], abs=max(tolerance, 1e-3))
+    # An int8 model's figures are measured from the file itself (ml.calibrate.save_served): allow one image that
+    # another CPU or batch size tips the other way. A float one's come from its Keras twin, up to 4.5e-4 apart
+    # in probability, where a few near ties may go the other way.
+    images = 1 if meta.get("served_precision") == "int8" else 2
+    y = val["label"].to_numpy()
+    one_image = {
+        "accuracy": 1 / len(y),
+        "balanced_accuracy": 1 / (len(CLASSES) * np.bincount(y).min()),
+        "melanoma_recall": 1 / np.sum(y == CLASSES.index("mel")),
+    }
+    for key, step in one_image.items():
+        assert figures[key] == pytest.approx(meta["val"][key], abs=images * step + 1e-9), key
+    assert figures["macro_auc"] == pytest.approx(meta["val"]["macro_auc"], abs=1e-3)
