@@ -54,16 +54,24 @@ def int8_calibration(recipe: dict, data_dir: Path) -> list[np.ndarray] | None:
     return [preprocess(p, tuple(recipe["input_size"])) for p in chosen]
 
 
+@functools.lru_cache(maxsize=1)
+def val_part(data_dir: Path, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The val part's preprocessed arrays (read-only) and labels. Kept for the next call: an int8 build reads
+    them to choose the point and again to measure the file it wrote."""
+    val = data.part(data.load_dataset(data_dir), "val")
+    arrays = np.stack([preprocess(p, input_size) for p in val["path"]])
+    arrays.setflags(write=False)
+    return arrays, val["label"].to_numpy()
+
+
 def choose_on_val(model, recipe: dict, data_dir: Path, views=ORIGINAL_ONLY, calibration=None) -> dict:
     """Choose the operating point and temperature of ``model``, whose last layer gives raw logits, on the val
     part with the model served over test-time ``views`` (``ml.inference.VIEWS``); fold both in, in place.
 
     ``calibration`` (train arrays): the model will be served as an int8 TFLite file, so the point is chosen on
     that file's val outputs, not the Keras model's (they differ on a few percent of answers)."""
-    frame = data.load_dataset(data_dir)
-    val = data.part(frame, "val")
-    y_train = data.part(frame, "train")["label"].to_numpy()
-    arrays = np.stack([preprocess(p, tuple(recipe["input_size"])) for p in val["path"]])
+    y_train = data.part(data.load_dataset(data_dir), "train")["label"].to_numpy()
+    arrays, y_val = val_part(Path(data_dir), tuple(recipe["input_size"]))
     if calibration is None:
         probs = predict_views(lambda batch: model.predict(batch, batch_size=64, verbose=0), arrays, views)
     else:
@@ -75,7 +83,7 @@ def choose_on_val(model, recipe: dict, data_dir: Path, views=ORIGINAL_ONLY, cali
     known = {f.name for f in fields(Recipe)}
     chosen = Recipe(**{k: (tuple(v) if k == "input_size" else v) for k, v in recipe.items() if k in known})
     return {
-        **set_operating_point(model, val["label"].to_numpy(), logits, class_prior(y_train), chosen),
+        **set_operating_point(model, y_val, logits, class_prior(y_train), chosen),
         "views": list(views),
     }
 
@@ -98,10 +106,8 @@ def load_raw(keras_file: Path) -> tuple[keras.Model, dict]:
 def served_val_figures(tflite_file: Path, data_dir: Path, input_size, views, minimum: float | None = None) -> dict:
     """``{"val": ...}``: the figures of a TFLite file on the val part, over its test-time ``views``. Warns where
     the file's own melanoma recall is under ``minimum``, the rule's floor (a near tie may have moved)."""
-    val = data.part(data.load_dataset(data_dir), "val")
-    served = LiteModel(tflite_file)
-    arrays = np.stack([preprocess(p, tuple(input_size)) for p in val["path"]])
-    figures = summary(val["label"].to_numpy(), predict_views(served.in_batches, arrays, views))
+    arrays, y_val = val_part(Path(data_dir), tuple(input_size))
+    figures = summary(y_val, predict_views(LiteModel(tflite_file).in_batches, arrays, views))
     if minimum is not None and figures["melanoma_recall"] < minimum:
         log.warning("the written file's val melanoma recall %.4f is under %.2f", figures["melanoma_recall"], minimum)
     return {"val": figures}

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -47,6 +48,16 @@ def deflate(path: str | Path) -> Path:
     return path
 
 
+@contextmanager
+def converter_of(model: keras.Model):
+    """A TFLite converter over ``model`` exported as a SavedModel (dynamic batch dimension), for the block."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        yield tf.lite.TFLiteConverter.from_saved_model(tmp)
+
+
 def to_tflite(model: keras.Model, path: str | Path, half: bool = False) -> Path:
     """Write ``model`` as TFLite (dynamic batch dimension) through a SavedModel; returns the path.
 
@@ -54,9 +65,7 @@ def to_tflite(model: keras.Model, path: str | Path, half: bool = False) -> Path:
     import tensorflow as tf
 
     path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    with converter_of(model) as converter:
         if half:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
@@ -88,9 +97,7 @@ def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[n
             yield [a]
 
     path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    with converter_of(model) as converter:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples
         # The quantisation debugger is TensorFlow's way to leave chosen op types in float.

@@ -118,7 +118,7 @@ class Classifier:
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, 3) preprocessed arrays -> (n, 7) probabilities (over the model's test-time views)."""
-        return predict_views(self._invoke, np.ascontiguousarray(batch, dtype=np.float32), self.views)
+        return predict_views(self._invoke, batch, self.views)  # LiteModel makes it contiguous float32
 
     def predict(self, source: ImageSource) -> Prediction:
         probs = self.predict_arrays(preprocess(source, self.input_size)[None])[0]
