@@ -3,6 +3,10 @@
 Three paths over the same model: LiteRT (the TFLite file the workers serve), a ``tf.function`` over the
 Keras model, and Keras ``model.predict``. Warm-up calls are left out of the figures. Where the model is served
 as int8 (its JSON's ``served_precision``), the LiteRT row is that int8 file and the other two compute in float.
+
+The figures depend on the machine far more than on small model changes, int8 ones most: the shipped int8
+file took 5.1 ms p50 at batch 1 on one session's 2-core machine and 15-16 ms on a later session's (a 2-core
+AMD EPYC with AVX2 and no AVX-512), so the CPU and its vector instruction sets are printed and stored with them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -19,6 +24,27 @@ import numpy as np  # noqa: E402
 
 from . import paths  # noqa: E402
 from .inference import Classifier  # noqa: E402
+
+# Vector instruction sets that decide how fast float and int8 convolutions run on an x86 CPU.
+INSTRUCTION_SETS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The CPU the figures are measured on: its model, core count and which of ``INSTRUCTION_SETS`` it has
+    (read from ``cpuinfo`` on Linux; elsewhere the model as Python names it and no instruction sets)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "instruction_sets": [name for name in INSTRUCTION_SETS if name in flags],
+    }
 
 
 def timings(fn, batch: np.ndarray, repeats: int, warmup: int = 3) -> np.ndarray:
@@ -71,11 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     results = bench(args.model, args.repeats, args.threads)
+    cpu = machine()
+    print(f"{args.model}: {cpu['cpu']}, {cpu['cores']} cores, {' '.join(cpu['instruction_sets']) or 'no AVX2'}")
     print(f"{'path':<14} {'batch 1 p50 ms':>15} {'batch 1 p95 ms':>15} {'batch 32 img/s':>15}")
     for name, r in results.items():
         print(f"{name:<14} {r['batch1_p50_ms']:>15.2f} {r['batch1_p95_ms']:>15.2f} {r['batch32_images_per_s']:>15.1f}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"machine": cpu, **results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def member_entries(file: Path, meta: dict) -> list[dict]:
             "recipe": meta["recipe"],
             "kept_epoch": meta.get("kept_epoch"),
             "train_seconds": meta["train_seconds"],
+            "backend": meta.get("backend"),  # the Keras backend it was trained on (jax: on a GPU machine)
             "history": meta["history"],
             "val": {k: meta["val"][k] for k in keep},
         }

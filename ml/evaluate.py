@@ -206,7 +206,51 @@ def views_words(meta: dict) -> str:
     )
 
 
-def model_card(meta: dict, metrics: dict) -> str:
+def val_comparison(folder: Path) -> dict | None:
+    """``python -m ml.compare``'s output kept beside a model (``val_comparison.json``), if there is one."""
+    file = folder / "val_comparison.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def comparison_lines(meta: dict, comparison: dict) -> list[str]:
+    """The shipped model's operating point judged on held-out halves of val, and the models compared with it
+    that way and not shipped (``python -m ml.compare``, stored as val_comparison.json beside the model)."""
+    shipped = next((row for row in comparison.values() if row.get("version") == meta["version"]), None)
+    if shipped is None:
+        return []
+    held = shipped["held_out_point"]
+    lines = [
+        "- Those val figures are measured on the images the point was chosen on. Chosen on one half of val and "
+        f"judged on the other (halves split by lesion, both ways, {shipped['repeats']} halvings; `python -m ml.compare`, "
+        f"`val_comparison.json`): accuracy {fmt(held['accuracy']['mean'])}, balanced accuracy "
+        f"{fmt(held['balanced_accuracy']['mean'])}, melanoma recall {fmt(held['melanoma_recall']['mean'])} (means)."
+    ]
+
+    def recorded_sum(row: dict) -> float:
+        return row["recorded_val"]["accuracy"] + row["recorded_val"]["balanced_accuracy"]
+
+    def seeds(row: dict) -> str:
+        """The networks' seeds, each marked with the Keras backend it was trained on where that is not TensorFlow."""
+        backends = row.get("backends") or [None] * len(row["seeds"])
+        return ", ".join(
+            f"{seed}" if backend in (None, "tensorflow") else f"{seed} ({backend})"
+            for seed, backend in zip(row["seeds"], backends, strict=True)
+        )
+
+    for name, row in comparison.items():
+        if row is not shipped:
+            lines.append(
+                f"- Compared so and not shipped: {name}, {row['networks']} networks (seeds {seeds(row)}; "
+                f"`{row['version']}`): raw val "
+                f"macro AUC {fmt(row['raw_macro_auc'])} against {fmt(shipped['raw_macro_auc'])}; accuracy + balanced "
+                f"accuracy on held-out halves {fmt(row['held_out_point']['accuracy_plus_balanced']['mean'])} against "
+                f"{fmt(held['accuracy_plus_balanced']['mean'])}, at its own point {fmt(recorded_sum(row))} against "
+                f"{fmt(recorded_sum(shipped))}."
+            )
+    return lines
+
+
+def model_card(meta: dict, metrics: dict, comparison: dict | None = None) -> str:
     test, val = metrics["test"], metrics["val"]
     recipe = meta["recipe"]
     lines = [
@@ -291,6 +335,7 @@ def model_card(meta: dict, metrics: dict) -> str:
             + views_words(meta),
             f"- On val at that point: accuracy {fmt(val['accuracy'])}, balanced accuracy {fmt(val['balanced_accuracy'])}, "
             f"macro AUC {fmt(val['macro_auc'])}, melanoma recall {fmt(val['melanoma_recall'])}.",
+            *comparison_lines(meta, comparison or {}),
         ]
     if meta.get("served_precision") == "int8":
         lines.append(
@@ -517,7 +562,7 @@ def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines
     histories = [m["history"] for m in meta.get("members", [])] or [meta.get("history")]
     if all(histories):
         plot_history(histories, out / "training_curves.png")
-    (out / "MODEL_CARD.md").write_text(model_card(meta, metrics))
+    (out / "MODEL_CARD.md").write_text(model_card(meta, metrics, val_comparison(out)))
     return metrics
 
 

@@ -181,6 +181,7 @@ def saved_members(folder, n: int = 2):
             "history": [],
             "kept_epoch": None,
             "train_seconds": 10.0 * (k + 1),
+            "backend": ("tensorflow", "jax")[k % 2],
             "val": {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_auc": 0.5, "melanoma_recall": 0.5},
             "images": {"train": 56, "val": 21, "test": 21},
             "logit_adjustment": {"bias": bias.tolist()},
@@ -208,6 +209,7 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
     assert result["version"].startswith("mnv2-ham10000-ensemble-")
     assert [m["version"] for m in result["members"]] == ["member-0", "member-1"]
     assert [m["recipe"]["seed"] for m in result["members"]] == [0, 1]
+    assert [m["backend"] for m in result["members"]] == ["tensorflow", "jax"]  # where each network was trained
     assert result["train_seconds"] == 30.0
     assert {"tau", "melanoma_bias", "bias"} <= set(result["logit_adjustment"]) and result["temperature"] > 0
     assert result["views"] == ["original", "rotated_180"]  # chosen on val over the views it will be served with

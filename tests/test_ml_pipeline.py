@@ -341,3 +341,39 @@ def test_quantize_refuses_a_model_served_in_int8_already(tiny_run, tmp_path):
     (folder / "skinsite.json").write_text(json.dumps(meta | {"served_precision": "int8"}))
     with pytest.raises(ValueError, match="int8 already"):
         compare(folder / "skinsite.keras", tiny_run["data_dir"], tmp_path / "out")
+
+
+def test_compare_cli_judges_a_served_model_on_held_out_halves_of_val(tiny_run, tmp_path, capsys):
+    from ml.compare import main
+
+    model = tiny_run["model_dir"] / "skinsite.tflite"
+    meta = json.loads(model.with_suffix(".json").read_text())
+    out = tmp_path / "compare.json"
+    main([f"tiny={model}", "--data-dir", str(tiny_run["data_dir"]), "--repeats", "3", "--out", str(out)])
+    row = json.loads(out.read_text())["tiny"]
+    assert row["version"] == meta["version"] and row["networks"] == 1 and row["repeats"] == 3
+    assert row["seeds"] == [meta["recipe"]["seed"]] and row["backends"] == ["tensorflow"]
+    assert row["recorded_val"]["accuracy"] == meta["val"]["accuracy"]
+    assert 0 <= row["raw_macro_auc"] <= 1 and 0 <= row["raw_melanoma_auc"] <= 1
+    held = row["held_out_point"]
+    assert 0 <= held["accuracy"]["mean"] <= 1 and 0 <= held["balanced_accuracy"]["mean"] <= 1
+    assert held["accuracy_plus_balanced"]["mean"] == pytest.approx(
+        held["accuracy"]["mean"] + held["balanced_accuracy"]["mean"]
+    )
+    assert "tiny (1 network(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(model)])  # NAME= missing
+
+
+def test_bench_cli_prints_and_stores_the_figures_with_the_machine(tiny_run, tmp_path, capsys):
+    from ml.bench import main
+
+    out = tmp_path / "bench.json"
+    main(["--model", str(tiny_run["model_dir"] / "skinsite.tflite"), "--repeats", "10", "--json", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["machine"]["cores"] >= 1
+    for path in ("litert", "tf.function", "keras.predict"):
+        row = figures[path]
+        assert 0 < row["batch1_p50_ms"] <= row["batch1_p95_ms"] and row["batch32_images_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert figures["machine"]["cpu"] in printed and "litert" in printed

@@ -93,12 +93,12 @@ def test_the_highest_threshold_keeps_the_target_sensitivity():
 
 
 def test_the_committed_card_is_rendered_from_metrics_json():
-    from ml.evaluate import model_card
+    from ml.evaluate import model_card, val_comparison
 
     meta = json.loads(paths.SHIPPED_MODEL.with_suffix(".json").read_text())
     metrics = json.loads((paths.MODELS_DIR / "metrics.json").read_text())
     card = (paths.MODELS_DIR / "MODEL_CARD.md").read_text()
-    assert model_card(meta, metrics) == card
+    assert model_card(meta, metrics, val_comparison(paths.MODELS_DIR)) == card
     assert "## Risk tiers (triage)" in card and f"{100 * metrics['triage']['urgent_threshold']:.1f}%" in card
 
 
