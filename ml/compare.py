@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from . import data, paths
 from .calibrate import val_part
 from .inference import LiteModel, model_metadata, predict_views, served_views
-from .metrics import MEL, choose_operating_point, class_prior, operating_bias, softmax, summary
+from .metrics import MEL, choose_operating_point, class_prior, operating_bias, point_figures, softmax, summary
 from .quantize import raw_logits
 
 
@@ -33,18 +33,6 @@ def lesion_halves(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ids = np.unique(groups)
     rng.shuffle(ids)
     return np.isin(groups, ids[: len(ids) // 2])
-
-
-def figures_at(y: np.ndarray, logits: np.ndarray, bias: np.ndarray) -> dict:
-    pred = (logits + bias).argmax(axis=1)
-    recalls = [np.mean(pred[y == c] == c) for c in np.unique(y)]
-    accuracy, balanced = float(np.mean(pred == y)), float(np.mean(recalls))
-    return {
-        "accuracy": accuracy,
-        "balanced_accuracy": balanced,
-        "accuracy_plus_balanced": accuracy + balanced,
-        "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else float("nan"),
-    }
 
 
 def cross_validated_point(
@@ -63,9 +51,9 @@ def cross_validated_point(
         half = lesion_halves(groups, np.random.default_rng([seed, repeat]))
         for fit, judge in ((half, ~half), (~half, half)):
             tau, melanoma_bias, _ = choose_operating_point(y[fit], logits[fit], prior, min_melanoma_recall)
-            rows.append(figures_at(y[judge], logits[judge], operating_bias(prior, tau, melanoma_bias)))
+            rows.append(point_figures(y[judge], logits[judge], operating_bias(prior, tau, melanoma_bias)))
     return {
-        key: {"mean": float(np.nanmean([r[key] for r in rows])), "sd": float(np.nanstd([r[key] for r in rows]))}
+        key: {"mean": float(np.mean([r[key] for r in rows])), "sd": float(np.std([r[key] for r in rows]))}
         for key in rows[0]
     }
 

@@ -95,6 +95,20 @@ def operating_bias(prior: np.ndarray, tau: float, melanoma_bias: float) -> np.nd
     return bias
 
 
+def point_figures(y: np.ndarray, logits: np.ndarray, bias: np.ndarray) -> dict:
+    """What the operating-point rule looks at, for the decisions argmax(logits + bias): accuracy, balanced
+    accuracy (over the classes present), their sum, and melanoma recall (0 where ``y`` has no melanoma)."""
+    pred = (logits + bias).argmax(axis=1)
+    accuracy = float(np.mean(pred == y))
+    balanced = float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    return {
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "accuracy_plus_balanced": accuracy + balanced,
+        "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else 0.0,
+    }
+
+
 def choose_operating_point(
     y: np.ndarray, logits: np.ndarray, prior: np.ndarray, min_melanoma_recall: float = 0.70
 ) -> tuple[float, float, list[dict]]:
@@ -113,17 +127,8 @@ def choose_operating_point(
     rows = []
     for tau in np.round(np.arange(-1.0, 1.51, 0.05), 2):
         for melanoma_bias in np.round(np.arange(0.0, 2.01, 0.1), 2):
-            pred = (logits + operating_bias(prior, tau, melanoma_bias)).argmax(axis=1)
-            recalls = [np.mean(pred[y == c] == c) for c in range(len(prior)) if np.any(y == c)]
-            rows.append(
-                {
-                    "tau": float(tau),
-                    "melanoma_bias": float(melanoma_bias),
-                    "accuracy": float(np.mean(pred == y)),
-                    "balanced_accuracy": float(np.mean(recalls)),
-                    "melanoma_recall": float(np.mean(pred[y == MEL] == MEL)) if np.any(y == MEL) else 0.0,
-                }
-            )
+            figures = point_figures(y, logits, operating_bias(prior, tau, melanoma_bias))
+            rows.append({"tau": float(tau), "melanoma_bias": float(melanoma_bias), **figures})
 
     def simplicity(r):
         return -abs(r["tau"]) - r["melanoma_bias"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ml.labels import CLASSES
-from ml.metrics import MEL, choose_operating_point, class_prior, operating_bias
+from ml.metrics import MEL, choose_operating_point, class_prior, operating_bias, point_figures
 
 pytest.importorskip("sklearn")
 
@@ -49,7 +49,7 @@ def test_a_model_that_separates_the_classes_beats_noise_on_held_out_halves():
 
 def test_on_noise_the_point_chosen_in_sample_flatters_and_held_out_halves_do_not():
     """The recorded figures are the best point on the very images that judge it; on pure noise that is luck."""
-    from ml.compare import cross_validated_point, figures_at
+    from ml.compare import cross_validated_point
 
     gaps = []
     for seed in range(4):
@@ -58,24 +58,22 @@ def test_on_noise_the_point_chosen_in_sample_flatters_and_held_out_halves_do_not
         noise = np.random.default_rng(10 + seed).normal(size=(len(y), len(CLASSES)))
         # Without the melanoma floor, so the rule only maximises the sum it is judged by.
         tau, melanoma_bias, _ = choose_operating_point(y, noise, prior, min_melanoma_recall=0.0)
-        in_sample = figures_at(y, noise, operating_bias(prior, tau, melanoma_bias))["accuracy_plus_balanced"]
+        in_sample = point_figures(y, noise, operating_bias(prior, tau, melanoma_bias))["accuracy_plus_balanced"]
         held_out = cross_validated_point(y, noise, prior, groups, min_melanoma_recall=0.0, repeats=5)
         gaps.append(in_sample - held_out["accuracy_plus_balanced"]["mean"])
     assert min(gaps) > 0 and np.mean(gaps) > 0.03, gaps
 
 
-def test_figures_at_a_point_count_each_class_and_melanoma():
-    from ml.compare import figures_at
-
+def test_the_figures_at_a_point_count_each_class_and_melanoma():
     y = np.array([MEL, MEL, 5, 5, 5, 0])
     logits = np.zeros((len(y), len(CLASSES)))
     logits[:, 5] = 1.0  # everything nv
-    assert figures_at(y, logits, np.zeros(len(CLASSES))) == pytest.approx(
+    assert point_figures(y, logits, np.zeros(len(CLASSES))) == pytest.approx(
         {"accuracy": 0.5, "balanced_accuracy": 1 / 3, "accuracy_plus_balanced": 0.5 + 1 / 3, "melanoma_recall": 0.0}
     )
     bias = np.zeros(len(CLASSES))
     bias[MEL] = 2.0  # now everything mel
-    assert figures_at(y, logits, bias)["melanoma_recall"] == 1.0
+    assert point_figures(y, logits, bias)["melanoma_recall"] == 1.0
 
 
 def comparison_row(version: str, networks: int, auc: float, held_sum: float, recorded: tuple[float, float]) -> dict:
