@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("models", type=model_option, nargs="+", metavar="NAME=MODEL.tflite")
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
     parser.add_argument("--repeats", type=int, default=100, help="random halvings of val (each judged both ways)")
-    parser.add_argument("--out", type=Path, help="write the comparison here as JSON")
+    parser.add_argument(
+        "--out", type=Path, help="write the comparison here as JSON (models of other names already there are kept)"
+    )
     args = parser.parse_args(argv)
     result = {}
     for name, model_file in args.models:
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+        earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
+        args.out.write_text(json.dumps({**earlier, **result}, indent=2))
 
 
 if __name__ == "__main__":

@@ -242,7 +242,8 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
             lines.append(
                 f"- Compared so and not shipped: {name}, {row['networks']} networks (seeds {seeds(row)}; "
                 f"`{row['version']}`): raw val "
-                f"macro AUC {fmt(row['raw_macro_auc'])} against {fmt(shipped['raw_macro_auc'])}; accuracy + balanced "
+                f"macro AUC {fmt(row['raw_macro_auc'])} against {fmt(shipped['raw_macro_auc'])}, melanoma AUC "
+                f"{fmt(row['raw_melanoma_auc'])} against {fmt(shipped['raw_melanoma_auc'])}; accuracy + balanced "
                 f"accuracy on held-out halves {fmt(row['held_out_point']['accuracy_plus_balanced']['mean'])} against "
                 f"{fmt(held['accuracy_plus_balanced']['mean'])}, at its own point {fmt(recorded_sum(row))} against "
                 f"{fmt(recorded_sum(shipped))}."

@@ -35,6 +35,9 @@ VARIANTS: dict[str, list[str]] = {
     "ls0": ["--set", "label_smoothing=0.0"],
     "wide": ["--set", "units=512", "--set", "dropout=0.5"],
     "e20": ["--epochs", "20"],
+    "mixup": ["--set", "mixup=0.3"],
+    "cutmix": ["--set", "cutmix=1.0"],
+    "mixup_e20": ["--epochs", "20", "--set", "mixup=0.3"],  # mixup's val loss still fell at epoch 12
 }
 OWN_CACHE = ("base", "deeper")  # variants whose cut differs; the others read base's cache
 
@@ -46,10 +49,26 @@ def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Pat
     ]
 
 
+def launch_order(variants: list[str], seeds: list[int]) -> tuple[list[tuple[str, int]], dict[tuple[str, int], tuple]]:
+    """The runs that build a cache (the first selected variant of each cut, per seed), and every other run with
+    the run whose cache it waits for."""
+    first, waits = [], {}
+    for seed in seeds:
+        builders: dict[str, tuple[str, int]] = {}
+        for variant in sorted(variants, key=lambda v: v not in OWN_CACHE):  # a cut's own variant builds its cache
+            cut = variant if variant in OWN_CACHE else "base"
+            if cut in builders:
+                waits[(variant, seed)] = builders[cut]
+            else:
+                builders[cut] = (variant, seed)
+                first.append((variant, seed))
+    return first, waits
+
+
 def run_all(args: argparse.Namespace) -> None:
     start = time.time()
-    first = [(v, s) for v in OWN_CACHE for s in args.seeds]
-    rest = [(v, s) for s in args.seeds for v in VARIANTS if v not in OWN_CACHE]
+    first, waits = launch_order(args.variants, args.seeds)
+    rest = list(waits)
     running: dict[tuple[str, int], subprocess.Popen] = {}
     finished: set[tuple[str, int]] = set()
     while first or rest or running:
@@ -60,7 +79,7 @@ def run_all(args: argparse.Namespace) -> None:
                 finished.add(key)
         if time.time() - start > args.launch_until:
             first, rest = [], []
-        ready = [k for k in rest if ("base", k[1]) in finished]
+        ready = [k for k in rest if waits[k] in finished]
         while (first or ready) and len(running) < args.parallel:
             key = first.pop(0) if first else ready.pop(0)
             if key in rest:
@@ -72,7 +91,7 @@ def run_all(args: argparse.Namespace) -> None:
                 running[key] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             print(f"[{time.time() - start:5.0f} s] start {key}", flush=True)
         if not running and not ready and not first:
-            break  # what is left waits for a base run that failed
+            break  # what is left waits for a cache-building run that failed
         if time.time() - start > args.kill_at:
             for key, proc in running.items():
                 proc.kill()
@@ -104,20 +123,47 @@ def judge(runs: Path, data_dir: Path) -> dict:
                 "backend": meta.get("backend", "tensorflow"),
             }
         )
+    return {"runs": rows, "ranking": rank(rows)}
+
+
+def rank(rows: list[dict]) -> list[dict]:
+    """The variants by the mean over their seeds of val macro AUC (also given: melanoma AUC, log loss and the
+    figures at each run's own operating point)."""
     ranking = []
     for variant in VARIANTS:
         mine = [r for r in rows if r["variant"] == variant]
         if mine:
             mean = {k: float(np.mean([r[k] for r in mine])) for k in ("macro_auc", "melanoma_auc", "log_loss")}
-            ranking.append({"variant": variant, "arguments": VARIANTS[variant], "seeds": len(mine), **mean})
+            point = {
+                k: float(np.mean([r["at_operating_point"][k] for r in mine])) for k in mine[0]["at_operating_point"]
+            }
+            ranking.append(
+                {
+                    "variant": variant,
+                    "arguments": VARIANTS[variant],
+                    "seeds": len(mine),
+                    **mean,
+                    "at_operating_point": point,
+                }
+            )
     ranking.sort(key=lambda r: -r["macro_auc"])
-    return {"runs": rows, "ranking": ranking}
+    return ranking
+
+
+def merged(earlier: dict, result: dict) -> dict:
+    """An earlier sweep's runs with this one's (a run of the same name replaced), ranked again."""
+    mine = {r["run"] for r in result["runs"]}
+    rows = [r for r in earlier["runs"] if r["run"] not in mine] + result["runs"]
+    return {"runs": rows, "ranking": rank(rows)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="one folder per run, and sweep.json")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4])
+    parser.add_argument(
+        "--variants", type=lambda s: s.split(","), default=list(VARIANTS), help=f"of {','.join(VARIANTS)}"
+    )
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--launch-until", type=float, default=float("inf"), help="seconds")
     parser.add_argument("--kill-at", type=float, default=float("inf"), help="seconds")
@@ -125,15 +171,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
     parser.add_argument("--weights", type=Path, default=paths.IMAGENET_WEIGHTS)
     parser.add_argument("--cache-dir", type=Path, default=paths.CACHE_DIR)
+    parser.add_argument(
+        "--into", type=Path, help="also merge the runs into this earlier sweep.json (e.g. ml/models/recipe_sweep.json)"
+    )
     args = parser.parse_args(argv)
+    if unknown := set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}")
     if not args.judge_only:
         run_all(args)
     result = judge(args.out, args.data_dir)
     (args.out / "sweep.json").write_text(json.dumps(result, indent=2))
+    if args.into:
+        result = merged(json.loads(args.into.read_text()) if args.into.exists() else {"runs": []}, result)
+        args.into.write_text(json.dumps(result, indent=2))
     for r in result["ranking"]:
+        point = r["at_operating_point"]
         print(
-            f"{r['variant']:8s} {r['seeds']} seed(s): val macro AUC {r['macro_auc']:.4f}, "
-            f"melanoma AUC {r['melanoma_auc']:.4f}, log loss {r['log_loss']:.4f}"
+            f"{r['variant']:9s} {r['seeds']} seed(s): val macro AUC {r['macro_auc']:.4f}, "
+            f"melanoma AUC {r['melanoma_auc']:.4f}, log loss {r['log_loss']:.4f}; at its point accuracy "
+            f"{point['accuracy']:.3f}, balanced {point['balanced_accuracy']:.3f}, melanoma {point['melanoma_recall']:.3f}"
         )
 
 

@@ -349,8 +349,11 @@ def test_compare_cli_judges_a_served_model_on_held_out_halves_of_val(tiny_run, t
     model = tiny_run["model_dir"] / "skinsite.tflite"
     meta = json.loads(model.with_suffix(".json").read_text())
     out = tmp_path / "compare.json"
+    out.write_text(json.dumps({"earlier": {"version": "v-earlier"}, "tiny": {"version": "stale"}}))
     main([f"tiny={model}", "--data-dir", str(tiny_run["data_dir"]), "--repeats", "3", "--out", str(out)])
-    row = json.loads(out.read_text())["tiny"]
+    written = json.loads(out.read_text())
+    assert written["earlier"] == {"version": "v-earlier"}  # other models' rows stay, this one's is replaced
+    row = written["tiny"]
     assert row["version"] == meta["version"] and row["networks"] == 1 and row["repeats"] == 3
     assert row["seeds"] == [meta["recipe"]["seed"]] and row["backends"] == ["tensorflow"]
     assert row["recorded_val"]["accuracy"] == meta["val"]["accuracy"]
@@ -377,3 +380,37 @@ def test_bench_cli_prints_and_stores_the_figures_with_the_machine(tiny_run, tmp_
         assert 0 < row["batch1_p50_ms"] <= row["batch1_p95_ms"] and row["batch32_images_per_s"] > 0
     printed = capsys.readouterr().out
     assert figures["machine"]["cpu"] in printed and "litert" in printed
+
+
+def test_mixed_batches_mix_activations_targets_and_weights_alike():
+    from ml.train import mixed_batch
+
+    rng = np.random.default_rng(0)
+    n = 24
+    x = rng.normal(size=(n, 6, 4, 3)).astype(np.float32)
+    target = np.eye(n, dtype=np.float32)  # one class per example: a mixed target names the pair and the share
+    weight = rng.uniform(0.5, 2, n).astype(np.float32)
+    same = mixed_batch(x, target, weight, rng, 0.0, 0.0)
+    assert all(a is b for a, b in zip(same, (x, target, weight), strict=True))  # off: the batch as it was
+
+    for mixup, cutmix in ((0.3, 0.0), (0.0, 1.0)):
+        before = x.copy()
+        mixed, mixed_target, mixed_weight = mixed_batch(x, target, weight, np.random.default_rng(1), mixup, cutmix)
+        np.testing.assert_array_equal(x, before)  # the cached activations are not changed
+        assert not np.allclose(mixed, x)
+        np.testing.assert_allclose(mixed_target.sum(axis=1), 1, rtol=1e-6)
+        for i in range(n):
+            own = mixed_target[i, i]
+            others = np.delete(np.arange(n), i)
+            j = others[np.argmax(mixed_target[i, others])]
+            assert mixed_target[i, j] == pytest.approx(1 - own, abs=1e-6)  # one partner at most
+            np.testing.assert_allclose(mixed_weight[i], own * weight[i] + (1 - own) * weight[j], rtol=1e-5)
+            if mixup:
+                np.testing.assert_allclose(mixed[i], own * x[i] + (1 - own) * x[j], atol=1e-5)
+            else:  # a rectangle of the partner's map, as large as the partner's share
+                pasted = np.all(mixed[i] == x[j], axis=-1) & np.any(mixed[i] != x[i], axis=-1)
+                assert np.all(mixed[i][~pasted] == x[i][~pasted])
+                assert pasted.mean() == pytest.approx(1 - own, abs=1e-6)
+                if pasted.any():
+                    rows, cols = np.flatnonzero(pasted.any(axis=1)), np.flatnonzero(pasted.any(axis=0))
+                    assert pasted[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()

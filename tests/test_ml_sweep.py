@@ -25,9 +25,22 @@ def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
     assert recipes["lr4e4"].learning_rate == 4e-4 and recipes["ls0"].label_smoothing == 0.0
     assert recipes["e20"].epochs == 20  # the later --epochs wins
     assert (recipes["wide"].units, recipes["wide"].dropout) == (512, 0.5)
+    assert (recipes["mixup"].mixup, recipes["mixup"].cutmix) == (0.3, 0.0)
+    assert (recipes["cutmix"].mixup, recipes["cutmix"].cutmix) == (0.0, 1.0)
     # Every variant but base changes the recipe, and only the ones with their own cache change the cut.
     assert all(recipes[v] != base for v in sweep.VARIANTS if v != "base")
     assert {v for v in sweep.VARIANTS if recipes[v].cut != base.cut} == set(sweep.OWN_CACHE) - {"base"}
+
+
+def test_each_cut_and_seed_has_one_cache_building_run_that_the_others_wait_for():
+    from ml import sweep
+
+    first, waits = sweep.launch_order(["ls0", "deeper", "base", "mixup"], [2, 3])
+    assert first == [("deeper", 2), ("base", 2), ("deeper", 3), ("base", 3)]
+    assert waits == {(v, s): ("base", s) for v in ("ls0", "mixup") for s in (2, 3)}
+    # Without base, the first variant reading base's cache builds it.
+    first, waits = sweep.launch_order(["mixup", "cutmix"], [4])
+    assert first == [("mixup", 4)] and waits == {("cutmix", 4): ("mixup", 4)}
 
 
 def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
@@ -60,6 +73,18 @@ def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
     assert base["seeds"] == 2
     assert base["macro_auc"] == pytest.approx((1.0 + by_run["base_s3"]["macro_auc"]) / 2)
     assert [r["variant"] for r in result["ranking"]] == ["ls0", "base"]  # ls0 separates every class
+    assert base["at_operating_point"] == pytest.approx(
+        {"accuracy": 0.5, "balanced_accuracy": 0.4, "melanoma_recall": 0.7}
+    )
+
+    # Merged into an earlier sweep: its other runs stay, a run of the same name is replaced, all ranked again.
+    earlier = {
+        "runs": [dict(by_run["base_s3"], run="mixup_s2", variant="mixup"), dict(by_run["base_s2"], macro_auc=0.1)]
+    }
+    both = sweep.merged(earlier, result)
+    assert sorted(r["run"] for r in both["runs"]) == ["base_s2", "base_s3", "ls0_s2", "mixup_s2"]
+    assert next(r for r in both["runs"] if r["run"] == "base_s2")["macro_auc"] == pytest.approx(1.0)
+    assert [r["variant"] for r in both["ranking"]] == ["ls0", "base", "mixup"]
 
 
 def val_labels(data_dir):
