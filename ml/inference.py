@@ -24,7 +24,10 @@ from .preprocess import ImageSource, preprocess
 # a model is served with are recorded in its JSON (``views``; default: the original only), and its operating point
 # is chosen on val over them. Each view is one more pass through the network: on val, four views raised the
 # ensemble's macro AUC from 0.947 to 0.954, but even two broke the 15 ms budget on the project's CPU, so the
-# shipped model looks at the original only.
+# shipped model looks at the original only. With the int8 file (4 ms on an AVX-512 machine) two views would fit
+# there, but on val they did not pay: the shipped networks over mirrored views too ranked val a little better
+# (raw macro AUC 0.953 against 0.950) and their point did worse on held-out halves (accuracy + balanced
+# accuracy 1.485 against 1.493; ml/models/val_comparison.json).
 VIEWS = {
     "original": lambda batch: batch,
     "mirrored": lambda batch: batch[:, :, ::-1],
