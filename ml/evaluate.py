@@ -223,7 +223,9 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
         "- Those val figures are measured on the images the point was chosen on. Chosen on one half of val and "
         f"judged on the other (halves split by lesion, both ways, {shipped['repeats']} halvings; `python -m ml.compare`, "
         f"`val_comparison.json`): accuracy {fmt(held['accuracy']['mean'])}, balanced accuracy "
-        f"{fmt(held['balanced_accuracy']['mean'])}, melanoma recall {fmt(held['melanoma_recall']['mean'])} (means)."
+        f"{fmt(held['balanced_accuracy']['mean'])}, melanoma recall {fmt(held['melanoma_recall']['mean'])} (means). "
+        "The shipped model was itself kept because of its val figures, so any halves of val keep some of that "
+        "favour: the comparisons below are close calls, not evidence that the others are worse on new images."
     ]
 
     def recorded_sum(row: dict) -> float:
@@ -237,6 +239,15 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
             for seed, backend in zip(row["seeds"], backends, strict=True)
         )
 
+    def paired_text(row: dict) -> str:
+        pair = row.get("paired_with_reference")
+        if not pair or pair["reference"] != shipped["version"]:
+            return ""
+        return (
+            f"; on the same halves it did better on {pair['better_share']:.0%} of them (mean difference "
+            f"{pair['mean']:+.3f}, sd {pair['sd']:.3f})"
+        )
+
     for name, row in comparison.items():
         if row is not shipped:
             lines.append(
@@ -246,7 +257,7 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
                 f"{fmt(row['raw_melanoma_auc'])} against {fmt(shipped['raw_melanoma_auc'])}; accuracy + balanced "
                 f"accuracy on held-out halves {fmt(row['held_out_point']['accuracy_plus_balanced']['mean'])} against "
                 f"{fmt(held['accuracy_plus_balanced']['mean'])}, at its own point {fmt(recorded_sum(row))} against "
-                f"{fmt(recorded_sum(shipped))}."
+                f"{fmt(recorded_sum(shipped))}" + paired_text(row) + "."
             )
     return lines
 

@@ -47,6 +47,37 @@ def test_a_model_that_separates_the_classes_beats_noise_on_held_out_halves():
         assert all(0 <= figures[k]["mean"] <= 1 and figures[k]["sd"] >= 0 for k in ("accuracy", "balanced_accuracy"))
 
 
+def test_every_judged_half_is_kept_and_models_are_paired_half_by_half():
+    from ml.compare import cross_validated_point, paired
+
+    y, groups = labelled()
+    prior = class_prior(y)
+    noise = np.random.default_rng(2).normal(size=(len(y), len(CLASSES)))
+    good_logits = 3 * np.eye(len(CLASSES))[y] + noise
+    good, chance, again = (
+        cross_validated_point(y, logits, prior, groups, repeats=4) for logits in (good_logits, noise, good_logits)
+    )
+    halves = good["accuracy_plus_balanced"]["halves"]
+    assert len(halves) == 8 and np.mean(halves) == pytest.approx(good["accuracy_plus_balanced"]["mean"], abs=1e-5)
+    assert again["accuracy_plus_balanced"]["halves"] == halves  # the same halvings for every model
+
+    def row(version, figures):
+        return {"version": version, "held_out_point": figures}
+
+    pair = paired(row("v-good", good), row("v-chance", chance))
+    difference = np.subtract(halves, chance["accuracy_plus_balanced"]["halves"])
+    assert pair == pytest.approx(
+        {"reference": "v-chance", "mean": difference.mean(), "sd": difference.std(), "better_share": 1.0}
+    )
+    assert paired(row("v-chance", chance), row("v-good", good))["better_share"] == 0.0
+    assert paired(row("v-same", again), row("v-good", good))["mean"] == 0.0
+    # Rows stored before the halves were kept, or judged on other halvings, are not paired.
+    fewer = cross_validated_point(y, noise, prior, groups, repeats=2)
+    assert paired(row("v-fewer", fewer), row("v-good", good)) is None
+    older = {k: {"mean": v["mean"], "sd": v["sd"]} for k, v in chance.items()}
+    assert paired(row("v-old", older), row("v-good", good)) is None
+
+
 def test_on_noise_the_point_chosen_in_sample_flatters_and_held_out_halves_do_not():
     """The recorded figures are the best point on the very images that judge it; on pure noise that is luck."""
     from ml.compare import cross_validated_point
@@ -105,9 +136,22 @@ def test_the_card_gives_the_shipped_models_held_out_figures_and_what_was_not_shi
     }
     lines = comparison_lines({"version": "v-shipped"}, comparison)
     assert len(lines) == 2
-    assert "accuracy 0.747, balanced accuracy 0.747, melanoma recall 0.710" in lines[0]
+    assert "accuracy 0.747, balanced accuracy 0.747, melanoma recall 0.710 (means). The shipped model was" in lines[0]
     assert "seven, 7 networks (seeds 0, 1, 2, 3 (jax), 4 (jax), 5 (jax), 6 (jax); `v-seven`)" in lines[1]
     assert "raw val macro AUC 0.956 against 0.950, melanoma AUC 0.926 against 0.920" in lines[1]
-    assert "held-out halves 1.466 against 1.493, at its own point 1.499 against 1.522" in lines[1]
+    assert "held-out halves 1.466 against 1.493, at its own point 1.499 against 1.522." in lines[1]
+    comparison["seven"]["paired_with_reference"] = {
+        "reference": "v-shipped",
+        "mean": -0.027,
+        "sd": 0.02,
+        "better_share": 0.085,
+    }
+    comparison["five"] = dict(comparison_row("v-five", 5, 0.954, 1.474, (0.79, 0.72)))
+    comparison["five"]["paired_with_reference"] = {"reference": "v-older", "mean": 0.1, "sd": 0.02, "better_share": 1.0}
+    lines = comparison_lines({"version": "v-shipped"}, comparison)
+    assert lines[1].endswith(
+        "1.499 against 1.522; on the same halves it did better on 8% of them (mean difference -0.027, sd 0.020)."
+    )
+    assert lines[2].endswith("1.510 against 1.522.")  # paired with another model: not said
     # A comparison made for another model says nothing about this one.
     assert comparison_lines({"version": "v-other"}, comparison) == []

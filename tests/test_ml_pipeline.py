@@ -350,7 +350,18 @@ def test_compare_cli_judges_a_served_model_on_held_out_halves_of_val(tiny_run, t
     meta = json.loads(model.with_suffix(".json").read_text())
     out = tmp_path / "compare.json"
     out.write_text(json.dumps({"earlier": {"version": "v-earlier"}, "tiny": {"version": "stale"}}))
-    main([f"tiny={model}", "--data-dir", str(tiny_run["data_dir"]), "--repeats", "3", "--out", str(out)])
+    main(
+        [
+            f"tiny={model}",
+            f"again={model}",
+            "--data-dir",
+            str(tiny_run["data_dir"]),
+            "--repeats",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     written = json.loads(out.read_text())
     assert written["earlier"] == {"version": "v-earlier"}  # other models' rows stay, this one's is replaced
     row = written["tiny"]
@@ -363,7 +374,16 @@ def test_compare_cli_judges_a_served_model_on_held_out_halves_of_val(tiny_run, t
     assert held["accuracy_plus_balanced"]["mean"] == pytest.approx(
         held["accuracy"]["mean"] + held["balanced_accuracy"]["mean"]
     )
-    assert "tiny (1 network(s)" in capsys.readouterr().out
+    # The first model named is the reference (the shipped one is not among them); the same file pairs to 0.
+    assert len(held["accuracy_plus_balanced"]["halves"]) == 6 and "paired_with_reference" not in row
+    assert written["again"]["paired_with_reference"] == {
+        "reference": meta["version"],
+        "mean": 0.0,
+        "sd": 0.0,
+        "better_share": 0.0,
+    }
+    printed = capsys.readouterr().out
+    assert "tiny (1 network(s)" in printed and f"against {meta['version']} on the same halves: +0.0000" in printed
     with pytest.raises(SystemExit):
         main([str(model)])  # NAME= missing
 
