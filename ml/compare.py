@@ -9,11 +9,11 @@ The test part is never read.
 
 Per model it prints and stores: the recorded figures at its point, the raw macro AUC (the point undone),
 and the mean and spread over the judged halves of accuracy, balanced accuracy, their sum (the rule's own
-objective) and melanoma recall. The halvings depend only on val's lesions and the repeat, so every model
-is judged on the same halves: against the shipped model (the row of the shipped file's version, here or
-already in ``--out``; else the first model named), each other one gets the paired difference of the sum,
-half by half, and the share of halves on which it did better. The halves overlap, so neither spread is a standard error: on this val
-(987 images) a paired difference's spread was 0.037-0.045 in the sum, nearly as large as one model's own
+objective) and melanoma recall. The halvings depend only on val's lesions and the repeat, so every model is
+judged on the same halves: against the shipped model (the row of the shipped file's version, here or already in
+``--out``; else the first model named), each other one gets the paired difference of the sum, half by half, and
+the share of halves on which it did better. The halves overlap, so neither spread is a standard error: on this
+val (987 images) a paired difference's spread was 0.037-0.045 in the sum, nearly as large as one model's own
 (0.049-0.055), and mean differences of 0.01-0.035 against the shipped model are within it.
 
 None of this undoes an earlier choice made on val: a model kept because val favoured it keeps that favour
