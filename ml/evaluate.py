@@ -390,7 +390,7 @@ def model_card(meta: dict, metrics: dict, comparison: dict | None = None) -> str
 
 # Sections that other commands measure (``ml.quality evaluate``, ``ml.triage fit``, ``ml.explain --bench``) and
 # store in metrics.json; re-running this evaluation keeps them while the model version is the same.
-SAFETY_KEYS = ("triage", "quality_gate", "explain")
+SAFETY_KEYS = ("triage", "quality_gate", "explain", "robustness")
 
 
 def kept_sections(metrics_file: Path, version: str) -> dict:
@@ -416,7 +416,7 @@ def update_metrics(models_dir: Path, key: str, value: dict) -> None:
         raise ValueError(f"{metrics_file} or the new {key} section is not for {meta['version']}: run ml.evaluate first")
     metrics[key] = value
     metrics_file.write_text(json.dumps(metrics, indent=2))
-    (models_dir / "MODEL_CARD.md").write_text(model_card(meta, metrics))
+    (models_dir / "MODEL_CARD.md").write_text(model_card(meta, metrics, val_comparison(models_dir)))
 
 
 def pct(value: float) -> str:
@@ -430,7 +430,8 @@ def _rate(r: dict) -> str:
 
 
 def safety_sections(metrics: dict) -> list[str]:
-    """The triage, quality gate and explanation sections of the card, from their metrics.json keys (if present)."""
+    """The triage, quality gate, robustness and explanation sections of the card, from their metrics.json keys
+    (if present)."""
     lines: list[str] = []
     triage = metrics.get("triage")
     if triage:
@@ -506,6 +507,39 @@ def safety_sections(metrics: dict) -> list[str]:
         ]
         for note in gate.get("notes", []):
             lines += [note, ""]
+    robustness = metrics.get("robustness")
+    if robustness:
+        rows = robustness["changes"]
+        lines += [
+            "## Robustness to acquisition changes",
+            "",
+            f"Every {robustness['part']} image changed as another dermatoscope, light or camera might change it, "
+            f"and the served file measured on each changed copy of all {robustness['n']} images at its served operating "
+            "point (`python -m ml.robustness --record`). Measured only: nothing was chosen on it. There are no images "
+            "from other sources here; this shows which differences in acquisition the figures above do not survive.",
+            "",
+            "| change | accuracy | balanced acc. | macro AUC | melanoma recall | answers changed |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {r['change']} | {fmt(r['accuracy'])} | {fmt(r['balanced_accuracy'])} | {fmt(r['macro_auc'])} | "
+                f"{fmt(r['melanoma_recall'])} | {pct(r['answers_changed'])} |"
+                for r in rows
+            ],
+            "",
+        ]
+        unchanged, changed = rows[0], rows[1:]
+        if changed:
+            auc_moves = max(abs(r["macro_auc"] - unchanged["macro_auc"]) for r in changed)
+            low = min(changed, key=lambda r: r["melanoma_recall"])
+            high = max(changed, key=lambda r: r["melanoma_recall"])
+            most = max(changed, key=lambda r: r["answers_changed"])
+            lines += [
+                f"Macro AUC moves by at most {auc_moves:.3f} from the unchanged images'; melanoma recall ranges from "
+                f"{fmt(low['melanoma_recall'])} ({low['change']}) to {fmt(high['melanoma_recall'])} ({high['change']}) "
+                f"against {fmt(unchanged['melanoma_recall'])}; up to {pct(most['answers_changed'])} of the answers "
+                f"change ({most['change']}).",
+                "",
+            ]
     explain = metrics.get("explain")
     if explain:
         lines += [

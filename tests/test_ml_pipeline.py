@@ -434,3 +434,35 @@ def test_mixed_batches_mix_activations_targets_and_weights_alike():
                 if pasted.any():
                     rows, cols = np.flatnonzero(pasted.any(axis=1)), np.flatnonzero(pasted.any(axis=0))
                     assert pasted[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+
+
+def test_robustness_measures_the_served_file_on_every_changed_copy_of_test(tiny_run, capsys):
+    from ml import data
+    from ml.inference import Classifier
+    from ml.metrics import summary
+    from ml.robustness import CHANGES, main, measure
+
+    model = tiny_run["model_dir"] / "skinsite.tflite"
+    result = measure(model, tiny_run["data_dir"], chunk=5)  # chunks that split the part
+    test = data.part(data.load_dataset(tiny_run["data_dir"]), "test")
+    assert result["n"] == len(test) and result["model_version"] == Classifier(model).version
+    rows = {r["change"]: r for r in result["changes"]}
+    assert list(rows) == list(CHANGES)
+    # The unchanged row is the served file's own figures on the test images.
+    classifier = Classifier(model)
+    probs = np.concatenate([classifier.predict_arrays(classifier_input(classifier, p)) for p in test["path"]])
+    expected = summary(test["label"].to_numpy(), probs)
+    assert rows["unchanged"]["answers_changed"] == 0.0
+    for key in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall"):
+        assert rows["unchanged"][key] == pytest.approx(expected[key])
+        assert all(0 <= r[key] <= 1 or np.isnan(r[key]) for r in rows.values())
+
+    main(["--model", str(model), "--data-dir", str(tiny_run["data_dir"])])
+    printed = capsys.readouterr().out
+    assert f"on {len(test)} test images" in printed and "JPEG quality 40" in printed
+
+
+def classifier_input(classifier, path):
+    from ml.preprocess import preprocess
+
+    return preprocess(path, classifier.input_size)[None]

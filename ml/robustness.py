@@ -1,0 +1,127 @@
+"""How the served model's answers hold up when a picture is taken differently: ``python -m ml.robustness``.
+
+The shipped model will meet dermatoscopes, lights and cameras that HAM10000 does not hold, and there are no such
+images here. So this changes every HAM10000 test image the way another acquisition might (the colour of the
+light, exposure, contrast, saturation, compression, resolution, focus, orientation) and measures the served
+file on each changed copy of the whole test part, at its served operating point: accuracy, balanced accuracy,
+macro AUC, melanoma recall, and the share of answers that differ from those on the unchanged images.
+
+Nothing is chosen on these figures: they say how far the card's test figures carry away from HAM10000's own
+acquisition, and which kind of change to guard against next (in training, or with the quality gate). They go
+into metrics.json (``robustness``) and the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from . import data, paths
+from .inference import Classifier
+from .metrics import summary
+from .preprocess import load_image, to_array
+from .quality_eval import jpeg
+
+
+def gains(red: float, green: float, blue: float) -> Callable[[Image.Image], Image.Image]:
+    """Scale each colour channel (a light of another colour temperature, another sensor's white balance)."""
+
+    def change(image: Image.Image) -> Image.Image:
+        scaled = np.asarray(image, np.float32) * np.array([red, green, blue], np.float32)
+        return Image.fromarray(scaled.round().clip(0, 255).astype(np.uint8))
+
+    return change
+
+
+def enhanced(kind, factor: float) -> Callable[[Image.Image], Image.Image]:
+    return lambda image: kind(image).enhance(factor)
+
+
+def resized(width: int, height: int) -> Callable[[Image.Image], Image.Image]:
+    return lambda image: image.resize((width, height), Image.BICUBIC)
+
+
+def coarser(factor: int) -> Callable[[Image.Image], Image.Image]:
+    """Fewer pixels across the lesion (a coarser sensor or a smaller crop), brought back to the same size."""
+    return lambda image: image.resize((image.width // factor, image.height // factor), Image.BOX).resize(
+        image.size, Image.BICUBIC
+    )
+
+
+# Mild changes, each within what one clinic's equipment differs from another's; the unchanged images first.
+CHANGES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "unchanged": lambda image: image,
+    "warmer light (red x1.1, blue x0.9)": gains(1.1, 1.0, 0.9),
+    "cooler light (red x0.9, blue x1.1)": gains(0.9, 1.0, 1.1),
+    "greener (green x1.1)": gains(1.0, 1.1, 1.0),
+    "darker (x0.8)": enhanced(ImageEnhance.Brightness, 0.8),
+    "brighter (x1.2)": enhanced(ImageEnhance.Brightness, 1.2),
+    "less contrast (x0.8)": enhanced(ImageEnhance.Contrast, 0.8),
+    "more contrast (x1.2)": enhanced(ImageEnhance.Contrast, 1.2),
+    "less saturated (x0.7)": enhanced(ImageEnhance.Color, 0.7),
+    "more saturated (x1.3)": enhanced(ImageEnhance.Color, 1.3),
+    "JPEG quality 40": lambda image: jpeg(image, 40),
+    "half the resolution (shrunk 2x, enlarged back)": coarser(2),
+    "slightly out of focus (Gaussian radius 1 px)": lambda image: image.filter(ImageFilter.GaussianBlur(1)),
+    "enlarged to 600x450 (the originals' size)": resized(600, 450),
+    "mirrored": lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "rotated 90 degrees (portrait)": lambda image: image.transpose(Image.Transpose.ROTATE_90),
+}
+FIGURES = ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")
+
+
+def measure(model: Path, data_dir: Path, part: str = "test", chunk: int = 256) -> dict:
+    """The served model's figures on every changed copy of ``part``; the images are read once per chunk."""
+    classifier = Classifier(model)
+    frame = data.part(data.load_dataset(data_dir), part)
+    y = frame["label"].to_numpy()
+    probs = {name: [] for name in CHANGES}
+    paths_ = frame["path"].tolist()
+    for start in range(0, len(paths_), chunk):
+        images = [load_image(p) for p in paths_[start : start + chunk]]
+        for name, change in CHANGES.items():
+            arrays = np.stack([to_array(load_image(change(image)), classifier.input_size) for image in images])
+            probs[name] += [classifier.predict_arrays(arrays[i : i + 32]) for i in range(0, len(arrays), 32)]
+    answers = np.concatenate(probs["unchanged"]).argmax(axis=1)
+    rows = []
+    for name in CHANGES:
+        p = np.concatenate(probs[name])
+        figures = summary(y, p)
+        rows.append(
+            {
+                "change": name,
+                **{k: figures[k] for k in FIGURES},
+                "answers_changed": float((p.argmax(axis=1) != answers).mean()),
+            }
+        )
+    return {"model_version": classifier.version, "part": part, "n": int(len(y)), "changes": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ml.robustness", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL, help="the served TFLite file")
+    parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    parser.add_argument(
+        "--record", action="store_true", help="store the figures in metrics.json beside the model and render its card"
+    )
+    args = parser.parse_args(argv)
+    result = measure(args.model, args.data_dir)
+    print(f"{result['model_version']} on {result['n']} {result['part']} images")
+    print(f"{'change':48s} {'acc':>6s} {'bal':>6s} {'auc':>6s} {'mel':>6s} {'changed':>8s}")
+    for r in result["changes"]:
+        print(
+            f"{r['change']:48s} {r['accuracy']:6.3f} {r['balanced_accuracy']:6.3f} {r['macro_auc']:6.3f} "
+            f"{r['melanoma_recall']:6.3f} {r['answers_changed']:8.1%}"
+        )
+    if args.record:
+        from .evaluate import update_metrics
+
+        update_metrics(args.model.parent, "robustness", result)
+
+
+if __name__ == "__main__":
+    main()
