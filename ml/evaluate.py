@@ -146,7 +146,8 @@ def trained_as(meta: dict) -> str:
 def recipe_line(recipe: dict, meta: dict) -> str:
     return (
         f"layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
-        f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour); "
+        f"{recipe['copies']} cached copies of every training image (1 plain + augmented: flips, rotation, zoom, colour"
+        f"{'; light colour, compression, blur, resolution' if recipe.get('augmentation') == 'acquisition' else ''}); "
         f"class weights (n/n_c)^{recipe['class_weight_power']}; Adam, peak learning rate {recipe['learning_rate']}, "
         f"warm-up and cosine decay (to {recipe.get('final_learning_rate', 0.0):g} of the peak); up to "
         f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; {selection(meta)}"

@@ -6,9 +6,10 @@ light, exposure, contrast, saturation, compression, resolution, focus, orientati
 file on each changed copy of the whole test part, at its served operating point: accuracy, balanced accuracy,
 macro AUC, melanoma recall, and the share of answers that differ from those on the unchanged images.
 
-Nothing is chosen on these figures: they say how far the card's test figures carry away from HAM10000's own
+Nothing is chosen on the test figures: they say how far the card's test figures carry away from HAM10000's own
 acquisition, and which kind of change to guard against next (in training, or with the quality gate). They go
-into metrics.json (``robustness``) and the model card.
+into metrics.json (``robustness``) and the model card. ``--part val`` measures val instead, where models may
+be compared on it.
 """
 
 from __future__ import annotations
@@ -105,11 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ml.robustness", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL, help="the served TFLite file")
     parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    parser.add_argument("--part", choices=("test", "val"), default="test", help="val: to compare models on")
     parser.add_argument(
         "--record", action="store_true", help="store the figures in metrics.json beside the model and render its card"
     )
     args = parser.parse_args(argv)
-    result = measure(args.model, args.data_dir)
+    if args.record and args.part != "test":
+        parser.error("--record stores the test part's figures (the card's)")
+    result = measure(args.model, args.data_dir, args.part)
     print(f"{result['model_version']} on {result['n']} {result['part']} images")
     print(f"{'change':48s} {'acc':>6s} {'bal':>6s} {'auc':>6s} {'mel':>6s} {'changed':>8s}")
     for r in result["changes"]:

@@ -38,8 +38,9 @@ VARIANTS: dict[str, list[str]] = {
     "mixup": ["--set", "mixup=0.3"],
     "cutmix": ["--set", "cutmix=1.0"],
     "mixup_e20": ["--epochs", "20", "--set", "mixup=0.3"],  # mixup's val loss still fell at epoch 12
+    "acquisition": ["--set", "augmentation='acquisition'"],
 }
-OWN_CACHE = ("base", "deeper")  # variants whose cut differs; the others read base's cache
+OWN_CACHE = ("base", "deeper", "acquisition")  # variants whose cut or augmentation differs; the others read base's
 
 
 def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Path, weights: Path) -> list[str]:

@@ -69,6 +69,7 @@ class Recipe:
     class_weight_power: float = 0.5  # 0: plain cross-entropy, 1: fully balanced
     label_smoothing: float = 0.1
     copies: int = 8  # copy 0 plain, the rest augmented
+    augmentation: str = "mild"  # of ml.augment.AUGMENTATIONS
     units: int = 256
     dropout: float = 0.4
     patience: int = 16
@@ -207,11 +208,12 @@ def train(
     set_trainable_from(model, recipe.trainable_from, recipe.freeze_batch_norm)
     lower, upper = split_model(model, recipe.cut)
     lower_fn = compiled(lower)
-    key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed) + (f"_limit{limit}" if limit else "")
+    key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed, recipe.augmentation)
+    key += f"_limit{limit}" if limit else ""
     cache = cache_dir / key
 
     def acts(part: str, copy: int = 0) -> np.ndarray:
-        return features.cached(lower_fn, frame, part, copy, recipe.seed, recipe.input_size, cache)
+        return features.cached(lower_fn, frame, part, copy, recipe.seed, recipe.input_size, cache, recipe.augmentation)
 
     train_acts = np.stack([acts("train", k) for k in range(recipe.copies)])
     val_acts = np.asarray(acts("val"))

@@ -27,9 +27,12 @@ def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
     assert (recipes["wide"].units, recipes["wide"].dropout) == (512, 0.5)
     assert (recipes["mixup"].mixup, recipes["mixup"].cutmix) == (0.3, 0.0)
     assert (recipes["cutmix"].mixup, recipes["cutmix"].cutmix) == (0.0, 1.0)
-    # Every variant but base changes the recipe, and only the ones with their own cache change the cut.
+    # Every variant but base changes the recipe, and only the ones with their own cache change the cut or the
+    # augmentation of the cached copies.
     assert all(recipes[v] != base for v in sweep.VARIANTS if v != "base")
-    assert {v for v in sweep.VARIANTS if recipes[v].cut != base.cut} == set(sweep.OWN_CACHE) - {"base"}
+    assert recipes["acquisition"].augmentation == "acquisition"
+    cache = {v: (recipes[v].cut, recipes[v].augmentation) for v in sweep.VARIANTS}
+    assert {v for v in sweep.VARIANTS if cache[v] != cache["base"]} == set(sweep.OWN_CACHE) - {"base"}
 
 
 def test_each_cut_and_seed_has_one_cache_building_run_that_the_others_wait_for():
