@@ -1,21 +1,15 @@
 """ml.augment: training-time augmentation of the cached copies, and the cache they are kept in."""
 
 import numpy as np
-from PIL import Image
 
 from ml.augment import AUGMENTATIONS, acquisition_augment, random_augment
 from ml.features import cache_key
 
-
-def picture() -> Image.Image:
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(120, 220, (150, 200, 3)).astype(np.uint8)
-    pixels[50:100, 70:130] = (90, 50, 40)
-    return Image.fromarray(pixels)
+from .test_ml_robustness import lesion_picture
 
 
 def test_each_augmentation_is_seeded_and_keeps_an_rgb_image_of_the_same_size():
-    image = picture()
+    image = lesion_picture()
     for name, augment in AUGMENTATIONS.items():
         a, b = (np.asarray(augment(image, np.random.default_rng([3, 1, 7]))) for _ in range(2))
         np.testing.assert_array_equal(a, b, err_msg=name)  # the same copy of an image is the same every run
@@ -27,7 +21,7 @@ def test_each_augmentation_is_seeded_and_keeps_an_rgb_image_of_the_same_size():
 
 def test_acquisition_changes_go_beyond_the_mild_ones():
     """The same geometry and mild jitter (the same random draws first), then light colour and the rest."""
-    image = picture()
+    image = lesion_picture()
     differences, channel_ratios = [], []
     for copy in range(20):
         mild = np.asarray(random_augment(image, np.random.default_rng([0, copy, 0])), np.float32)
