@@ -81,9 +81,9 @@ def measure(model: Path, data_dir: Path, part: str = "test", chunk: int = 256) -
     frame = data.part(data.load_dataset(data_dir), part)
     y = frame["label"].to_numpy()
     probs = {name: [] for name in CHANGES}
-    paths_ = frame["path"].tolist()
-    for start in range(0, len(paths_), chunk):
-        images = [load_image(p) for p in paths_[start : start + chunk]]
+    files = frame["path"].tolist()
+    for start in range(0, len(files), chunk):
+        images = [load_image(f) for f in files[start : start + chunk]]
         for name, change in CHANGES.items():
             arrays = np.stack([to_array(load_image(change(image)), classifier.input_size) for image in images])
             probs[name] += [classifier.predict_arrays(arrays[i : i + 32]) for i in range(0, len(arrays), 32)]
