@@ -9,7 +9,7 @@ Seeds matter as much as most knobs here, so a variant is compared by its mean ov
 Meant for a machine with a GPU and many cores (Keras runs on JAX or TensorFlow there); on this project's
 2-core CPU one run takes about 27 minutes. Runs not started by ``--launch-until`` seconds are skipped, and
 runs still going at ``--kill-at`` are stopped, so a sweep fits a fixed lease. The first run of each cache
-(the recipe's cut and the seed) runs alone before the others that share its cached activations.
+(the recipe's cut, augmentation and seed) runs alone before the others that share its cached activations.
 """
 
 from __future__ import annotations
@@ -51,17 +51,17 @@ def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Pat
 
 
 def launch_order(variants: list[str], seeds: list[int]) -> tuple[list[tuple[str, int]], dict[tuple[str, int], tuple]]:
-    """The runs that build a cache (the first selected variant of each cut, per seed), and every other run with
-    the run whose cache it waits for."""
+    """The runs that build a cache (the first selected variant of each cache, per seed), and every other run
+    with the run whose cache it waits for."""
     first, waits = [], {}
     for seed in seeds:
         builders: dict[str, tuple[str, int]] = {}
-        for variant in sorted(variants, key=lambda v: v not in OWN_CACHE):  # a cut's own variant builds its cache
-            cut = variant if variant in OWN_CACHE else "base"
-            if cut in builders:
-                waits[(variant, seed)] = builders[cut]
+        for variant in sorted(variants, key=lambda v: v not in OWN_CACHE):  # a cache's own variant builds it
+            cache = variant if variant in OWN_CACHE else "base"
+            if cache in builders:
+                waits[(variant, seed)] = builders[cache]
             else:
-                builders[cut] = (variant, seed)
+                builders[cache] = (variant, seed)
                 first.append((variant, seed))
     return first, waits
 
