@@ -6,8 +6,9 @@ and mild colour jitter mimic the spread of dermatoscopes, lighting and framing b
 ``acquisition`` adds what ``python -m ml.robustness --part val`` found the served networks sensitive to (val
 melanoma recall from 0.509 to 0.806, against 0.704, under changes of light colour, contrast, saturation,
 compression and focus that leave macro AUC within 0.009): per-channel gains (white balance), wider saturation
-and contrast, JPEG re-compression, slight blur and a coarser sensor. A recipe variant (``--set augmentation=acquisition``), to be
-judged on val like any other.
+and contrast, JPEG re-compression, slight blur and a coarser sensor. A recipe variant
+(``--set augmentation=acquisition``), to be judged on val like any other. ``ml.robustness`` and the quality
+gate's evaluation make their changed images with the same helpers below.
 """
 
 from __future__ import annotations
@@ -47,23 +48,36 @@ def random_augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image
 
 
+def channel_gains(image: Image.Image, gains) -> Image.Image:
+    """Each colour channel scaled (a light of another colour temperature, another sensor's white balance)."""
+    scaled = np.asarray(image, np.float32) * np.asarray(gains, np.float32)
+    return Image.fromarray(scaled.round().clip(0, 255).astype(np.uint8))
+
+
+def fewer_pixels(image: Image.Image, factor: float) -> Image.Image:
+    """Shrunk ``factor`` times and enlarged back: fewer pixels across the lesion (a coarser sensor)."""
+    small = (max(1, round(image.width / factor)), max(1, round(image.height / factor)))
+    return image.resize(small, Image.BOX).resize(image.size, Image.BICUBIC)
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    """Saved as a JPEG of this quality and read back."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return load_image(buffer.getvalue())
+
+
 def acquisition_augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """:func:`random_augment`, then changes of the kind another dermatoscope, light or camera makes."""
-    image = random_augment(image, rng)
-    gains = rng.uniform(0.9, 1.1, 3).astype(np.float32)
-    image = Image.fromarray((np.asarray(image, np.float32) * gains).round().clip(0, 255).astype(np.uint8))
+    image = channel_gains(random_augment(image, rng), rng.uniform(0.9, 1.1, 3))
     image = ImageEnhance.Color(image).enhance(float(rng.uniform(0.8, 1.25)))
     image = ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.9, 1.1)))
-    if rng.random() < 0.25:  # a coarser sensor: fewer pixels across the lesion
-        factor = float(rng.uniform(1.3, 2.0))
-        small = (max(1, round(image.width / factor)), max(1, round(image.height / factor)))
-        image = image.resize(small, Image.BOX).resize((image.width, image.height), Image.BICUBIC)
+    if rng.random() < 0.25:
+        image = fewer_pixels(image, float(rng.uniform(1.3, 2.0)))
     if rng.random() < 0.25:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
     if rng.random() < 0.3:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=int(rng.integers(30, 91)))
-        image = load_image(buffer.getvalue())
+        image = jpeg(image, int(rng.integers(30, 91)))
     return image
 
 

@@ -11,7 +11,6 @@ information only.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import Counter
@@ -23,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from . import paths
+from .augment import jpeg
 from .preprocess import HAM_SCALE, load_image
 from .quality import GATE_FILE_NAME, MESSAGES, QualityGate, cached_extract, extract
 
@@ -176,12 +176,6 @@ def ham_variants(rows: pd.DataFrame, change: Callable[[Image.Image], Image.Image
             yield image_id, change(load_image(path))
 
     return images
-
-
-def jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    return load_image(buffer.getvalue())
 
 
 def synthetic_lesions() -> Iterator[tuple[str, Image.Image]]:

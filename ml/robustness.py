@@ -22,43 +22,22 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from . import data, paths
+from .augment import channel_gains, fewer_pixels, jpeg
 from .inference import Classifier
 from .metrics import summary
-from .preprocess import load_image, to_array
-from .quality_eval import jpeg
-
-
-def gains(red: float, green: float, blue: float) -> Callable[[Image.Image], Image.Image]:
-    """Scale each colour channel (a light of another colour temperature, another sensor's white balance)."""
-
-    def change(image: Image.Image) -> Image.Image:
-        scaled = np.asarray(image, np.float32) * np.array([red, green, blue], np.float32)
-        return Image.fromarray(scaled.round().clip(0, 255).astype(np.uint8))
-
-    return change
+from .preprocess import load_image, preprocess
 
 
 def enhanced(kind, factor: float) -> Callable[[Image.Image], Image.Image]:
     return lambda image: kind(image).enhance(factor)
 
 
-def resized(width: int, height: int) -> Callable[[Image.Image], Image.Image]:
-    return lambda image: image.resize((width, height), Image.BICUBIC)
-
-
-def coarser(factor: int) -> Callable[[Image.Image], Image.Image]:
-    """Fewer pixels across the lesion (a coarser sensor or a smaller crop), brought back to the same size."""
-    return lambda image: image.resize((image.width // factor, image.height // factor), Image.BOX).resize(
-        image.size, Image.BICUBIC
-    )
-
-
 # Mild changes, each within what one clinic's equipment differs from another's; the unchanged images first.
 CHANGES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "unchanged": lambda image: image,
-    "warmer light (red x1.1, blue x0.9)": gains(1.1, 1.0, 0.9),
-    "cooler light (red x0.9, blue x1.1)": gains(0.9, 1.0, 1.1),
-    "greener (green x1.1)": gains(1.0, 1.1, 1.0),
+    "warmer light (red x1.1, blue x0.9)": lambda image: channel_gains(image, (1.1, 1.0, 0.9)),
+    "cooler light (red x0.9, blue x1.1)": lambda image: channel_gains(image, (0.9, 1.0, 1.1)),
+    "greener (green x1.1)": lambda image: channel_gains(image, (1.0, 1.1, 1.0)),
     "darker (x0.8)": enhanced(ImageEnhance.Brightness, 0.8),
     "brighter (x1.2)": enhanced(ImageEnhance.Brightness, 1.2),
     "less contrast (x0.8)": enhanced(ImageEnhance.Contrast, 0.8),
@@ -66,17 +45,18 @@ CHANGES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "less saturated (x0.7)": enhanced(ImageEnhance.Color, 0.7),
     "more saturated (x1.3)": enhanced(ImageEnhance.Color, 1.3),
     "JPEG quality 40": lambda image: jpeg(image, 40),
-    "half the resolution (shrunk 2x, enlarged back)": coarser(2),
+    "half the resolution (shrunk 2x, enlarged back)": lambda image: fewer_pixels(image, 2),
     "slightly out of focus (Gaussian radius 1 px)": lambda image: image.filter(ImageFilter.GaussianBlur(1)),
-    "enlarged to 600x450 (the originals' size)": resized(600, 450),
+    "enlarged to 600x450 (the originals' size)": lambda image: image.resize((600, 450), Image.BICUBIC),
     "mirrored": lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
     "rotated 90 degrees (portrait)": lambda image: image.transpose(Image.Transpose.ROTATE_90),
 }
 FIGURES = ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")
 
 
-def measure(model: Path, data_dir: Path, part: str = "test", chunk: int = 256) -> dict:
-    """The served model's figures on every changed copy of ``part``; the images are read once per chunk."""
+def measure(model: Path, data_dir: Path, part: str = "test", chunk: int = 32) -> dict:
+    """The served model's figures on every changed copy of ``part``; each image is read once, and each chunk
+    of images goes through the model as one batch per change."""
     classifier = Classifier(model)
     frame = data.part(data.load_dataset(data_dir), part)
     y = frame["label"].to_numpy()
@@ -85,8 +65,8 @@ def measure(model: Path, data_dir: Path, part: str = "test", chunk: int = 256) -
     for start in range(0, len(files), chunk):
         images = [load_image(f) for f in files[start : start + chunk]]
         for name, change in CHANGES.items():
-            arrays = np.stack([to_array(load_image(change(image)), classifier.input_size) for image in images])
-            probs[name] += [classifier.predict_arrays(arrays[i : i + 32]) for i in range(0, len(arrays), 32)]
+            arrays = np.stack([preprocess(change(image), classifier.input_size) for image in images])
+            probs[name].append(classifier.predict_arrays(arrays))
     answers = np.concatenate(probs["unchanged"]).argmax(axis=1)
     rows = []
     for name in CHANGES:

@@ -139,7 +139,8 @@ def mixed_batch(
     x: np.ndarray, target: np.ndarray, weight: np.ndarray, rng: np.random.Generator, mixup: float, cutmix: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A batch whose examples are mixed with a shuffled copy of the batch (see ``Recipe.mixup``/``cutmix``).
-    ``x`` is (n, ...) activations, ``target`` (n, classes), ``weight`` (n,); the inputs are not changed."""
+    ``x`` is (n, ...) activations, ``target`` (n, classes), ``weight`` (n,); the inputs are not changed.
+    Pooled inputs (no map to cut a rectangle from: the frozen-base recipe) are mixed as by mixup."""
     kinds = [k for k, a in (("mixup", mixup), ("cutmix", cutmix)) if a > 0]
     if not kinds or len(x) < 2:
         return x, target, weight

@@ -35,10 +35,10 @@ def test_every_change_but_the_first_changes_the_picture_and_keeps_it_an_rgb_imag
 
 
 def test_light_of_another_colour_scales_the_channels_and_stays_in_range():
-    from ml.robustness import gains
+    from ml.augment import channel_gains
 
     pixels = np.array([[[100, 100, 100], [250, 10, 250]]], np.uint8)
-    warmer = np.asarray(gains(1.1, 1.0, 0.9)(Image.fromarray(pixels)))
+    warmer = np.asarray(channel_gains(Image.fromarray(pixels), (1.1, 1.0, 0.9)))
     np.testing.assert_array_equal(warmer, [[[110, 100, 90], [255, 10, 225]]])
 
 
