@@ -102,6 +102,17 @@ def combine(members: list[keras.Model], cut: str) -> keras.Model:
     return keras.Model(first.input, out, name="skinsite_mobilenetv2_ensemble")
 
 
+def combine_rounded(members: list[keras.Model], cut: str) -> keras.Model:
+    """:func:`combine` with every weight rounded to float16: each member's first, so that a float32 member shares
+    the others' rounded lower blocks, and then the combined model's, whose output layer averages the members'
+    heads (half of a float16 value below its normal range, or a mean of two, need not be one)."""
+    for member in members:
+        round_to_half(member)
+    model = combine(members, cut)
+    round_to_half(model)
+    return model
+
+
 def member_entries(file: Path, meta: dict) -> list[dict]:
     """What the ensemble's JSON says of each network in a member file (an ensemble's own entries, as they are)."""
     if "members" in meta:
@@ -142,10 +153,12 @@ def build(
             raise ValueError(f"members differ in {key}: {[r[key] for r in recipes]}")
     if sum(len(networks(m)) for m, _ in loaded) < 2:
         raise ValueError("an ensemble needs at least two networks")
-    if half:  # before the operating point is chosen: it is chosen for the weights shipped
-        for member, _ in loaded:  # each member, so that a float32 one shares the others' rounded lower blocks
-            round_to_half(member)
-    model = combine([m for m, _ in loaded], recipes[0]["cut"])
+    # rounded before the operating point is chosen: it is chosen for the weights shipped
+    model = (
+        combine_rounded([m for m, _ in loaded], recipes[0]["cut"])
+        if half
+        else combine([m for m, _ in loaded], recipes[0]["cut"])
+    )
     entries = [entry for f, meta in zip(member_files, metas, strict=True) for entry in member_entries(f, meta)]
     result: dict = {
         "recipe": recipes[0] | {"name": "ensemble", "half_precision": half, "int8": bool(recipes[0].get("int8"))},

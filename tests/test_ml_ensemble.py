@@ -283,7 +283,7 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
 def test_a_half_precision_build_rounds_every_member_so_a_float32_one_joins_a_rounded_ensemble(trio):
     import keras
 
-    from ml.ensemble import combine
+    from ml.ensemble import combine, combine_rounded
     from ml.export import round_to_half
 
     members, _ = trio
@@ -295,7 +295,23 @@ def test_a_half_precision_build_rounds_every_member_so_a_float32_one_joins_a_rou
         combine(copies, CUT)
     round_to_half(copies[1])
     pair = combine(copies, CUT)
-    assert all(np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in pair.get_weights())
+
+    def rounded(layer):
+        return all(np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in layer.get_weights())
+
+    # Every copied layer stays rounded. The output layer averages the two heads, and half of a float16 value
+    # below its normal range (or a mean of two) need not be one: build rounds the combined model once more.
+    assert all(rounded(layer) for layer in pair.layers if layer.name != "probs")
+    kernel, bias = pair.get_layer("probs").get_weights()
+    heads = [copy.get_layer("probs").get_weights() for copy in copies]
+    np.testing.assert_array_equal(kernel, np.concatenate([k for k, _ in heads]) / 2)
+    np.testing.assert_array_equal(bias, (heads[0][1] + heads[1][1]) / 2)
+    # What build combines: every weight rounded, the averaged head to the float16 value nearest the mean.
+    shipped = combine_rounded(copies, CUT)
+    assert all(rounded(layer) for layer in shipped.layers)
+    np.testing.assert_array_equal(
+        shipped.get_layer("probs").get_weights()[0], kernel.astype(np.float16).astype(np.float32)
+    )
 
 
 def test_weights_beyond_float16_range_are_refused_not_turned_into_infinity(trio):
