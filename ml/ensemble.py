@@ -154,11 +154,7 @@ def build(
     if sum(len(networks(m)) for m, _ in loaded) < 2:
         raise ValueError("an ensemble needs at least two networks")
     # rounded before the operating point is chosen: it is chosen for the weights shipped
-    model = (
-        combine_rounded([m for m, _ in loaded], recipes[0]["cut"])
-        if half
-        else combine([m for m, _ in loaded], recipes[0]["cut"])
-    )
+    model = (combine_rounded if half else combine)([m for m, _ in loaded], recipes[0]["cut"])
     entries = [entry for f, meta in zip(member_files, metas, strict=True) for entry in member_entries(f, meta)]
     result: dict = {
         "recipe": recipes[0] | {"name": "ensemble", "half_precision": half, "int8": bool(recipes[0].get("int8"))},
