@@ -72,6 +72,8 @@ def bench(
         import keras
         import tensorflow as tf
 
+        from . import model as _  # noqa: F401  (registers ml.model's layers, which load_model may meet)
+
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         net = keras.models.load_model(keras_file)

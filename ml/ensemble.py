@@ -148,9 +148,9 @@ def build(
     loaded = [load_raw(f) for f in member_files]
     metas = [meta for _, meta in loaded]
     recipes = [meta["recipe"] for meta in metas]
-    for key in ("cut", "input_size"):
-        if len({str(r[key]) for r in recipes}) > 1:
-            raise ValueError(f"members differ in {key}: {[r[key] for r in recipes]}")
+    for key in ("cut", "input_size", "colour_constancy"):  # what the shared lower blocks compute
+        if len({str(r.get(key)) for r in recipes}) > 1:
+            raise ValueError(f"members differ in {key}: {[r.get(key) for r in recipes]}")
     if sum(len(networks(m)) for m, _ in loaded) < 2:
         raise ValueError("an ensemble needs at least two networks")
     # rounded before the operating point is chosen: it is chosen for the weights shipped

@@ -157,6 +157,8 @@ def load_grad_cam(model_path: str | Path | None = None) -> tuple[GradCam, str]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    from . import model as _  # noqa: F401  (registers ml.model's layers, which load_model may meet)
+
     _limit_tensorflow_threads()
     keras_file = Path(model_path or paths.SHIPPED_MODEL).with_suffix(".keras")
     meta = model_metadata(keras_file)

@@ -20,6 +20,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .model import COLOUR_CONSTANCY_LAYER
+
 
 def round_to_half(model: keras.Model) -> None:
     """Round every weight of ``model`` to the nearest float16 value (kept as float32), in place.
@@ -78,6 +80,24 @@ def to_tflite(model: keras.Model, path: str | Path, half: bool = False) -> Path:
 FLOAT_OPS = ("FULLY_CONNECTED", "SOFTMAX")
 
 
+# Layers whose every op :func:`to_int8_tflite` leaves in float: the colour-constancy layer (ml.model.ShadesOfGray)
+# raises pixels to the 6th power, averages and divides by the result, which 8 bits per tensor cannot hold (a
+# dark channel's mean rounds to 0, and the division fails); it costs a few element-wise ops on the input.
+FLOAT_LAYERS = (COLOUR_CONSTANCY_LAYER,)
+
+
+def float_layer_nodes(model: keras.Model) -> list[str]:
+    """The TFLite node names of the ops of ``model``'s :data:`FLOAT_LAYERS`, read off a float conversion."""
+    if not any(layer.name in FLOAT_LAYERS for layer in model.layers):
+        return []
+    import tensorflow as tf
+
+    with converter_of(model) as converter:
+        interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    names = [detail["name"] for detail in interpreter.get_tensor_details()]
+    return [name for name in names if any(f"/{layer}" in name for layer in FLOAT_LAYERS)]
+
+
 def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[np.ndarray]) -> Path:
     """Write ``model`` as TFLite with its convolutions in 8-bit integers (weights per channel, activations per
     tensor, their ranges measured on the ``calibration`` arrays, each (h, w, 3) and preprocessed); input,
@@ -97,14 +117,17 @@ def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[n
             yield [a]
 
     path = Path(path)
+    float_nodes = float_layer_nodes(model)
     with converter_of(model) as converter:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples
-        # The quantisation debugger is TensorFlow's way to leave chosen op types in float.
+        # The quantisation debugger is TensorFlow's way to leave chosen op types, and chosen nodes, in float.
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter,
             debug_dataset=samples,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS)),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(FLOAT_OPS), denylisted_nodes=float_nodes or None
+            ),
         )
         path.write_bytes(debugger.get_nondebug_quantized_model())
     return path

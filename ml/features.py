@@ -85,7 +85,10 @@ def cached(
     return np.load(file, mmap_mode="r")
 
 
-def cache_key(cut: str, size: tuple[int, int], seed: int, augmentation: str = "mild") -> str:
-    """The cache folder's name: every setting the cached activations depend on (the mild augmentation unnamed,
-    as before it had a name)."""
-    return f"{cut}_{size[0]}x{size[1]}_seed{seed}" + ("" if augmentation == "mild" else f"_{augmentation}")
+def cache_key(
+    cut: str, size: tuple[int, int], seed: int, augmentation: str = "mild", colour_constancy: float | None = None
+) -> str:
+    """The cache folder's name: every setting the cached activations depend on (the mild augmentation and no
+    colour constancy unnamed, as before either had a name)."""
+    key = f"{cut}_{size[0]}x{size[1]}_seed{seed}" + ("" if augmentation == "mild" else f"_{augmentation}")
+    return key + ("" if colour_constancy is None else f"_constancy{colour_constancy:g}")

@@ -17,6 +17,37 @@ from .labels import CLASSES
 from .preprocess import INPUT_SIZE
 
 LAST_CONV_LAYER = "out_relu"
+COLOUR_CONSTANCY_LAYER = "colour_constancy"
+
+
+@keras.saving.register_keras_serializable(package="skinsite")
+class ShadesOfGray(layers.Layer):
+    """Colour constancy inside the model: each image's colour channels rescaled so that their Minkowski
+    ``power``-means are equal (the "shades of grey" estimate of the light's colour; 1 is grey world, higher
+    powers lean towards the brightest pixels: in dermoscopy the skin around the lesion, not the lesion).
+
+    A light of another colour temperature, or another dermatoscope's white balance, scales the channels; this
+    layer undoes such a scaling (up to clipping), so the network sees the same image under either. It works on
+    the preprocessed input (MobileNetV2's [-1, 1]) and keeps each image's overall brightness; being part of the
+    model, every path that feeds the model an image (training's cache, ``ml.predict``, the workers) gets it.
+    """
+
+    def __init__(self, power: float = 6.0, **kwargs):
+        super().__init__(**kwargs)
+        self.power = float(power)
+
+    def call(self, x):
+        ops = keras.ops
+        unit = (x + 1.0) * 0.5
+        norms = ops.power(ops.mean(ops.power(unit, self.power), axis=(1, 2), keepdims=True), 1.0 / self.power)
+        gains = ops.mean(norms, axis=-1, keepdims=True) / ops.maximum(norms, 1e-3)
+        return ops.minimum(unit * gains, 1.0) * 2.0 - 1.0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "power": self.power}
 
 
 def build_classifier(
@@ -27,18 +58,26 @@ def build_classifier(
     alpha: float = 1.0,
     seed: int = 0,
     freeze_batch_norm: bool = True,
+    colour_constancy: float | None = None,
 ) -> keras.Model:
     """``weights``: path to MobileNetV2 ImageNet weights (no top), or None for random init (tests).
+
+    ``colour_constancy``: the power of a :class:`ShadesOfGray` layer put before MobileNetV2; None: none.
 
     ``freeze_batch_norm=False`` only makes sense from random init: there the batch statistics are all the
     scale the network has (the tests train a tiny network from scratch this way).
     """
-    base = keras.applications.MobileNetV2(
-        input_shape=(*input_size, 3),
-        include_top=False,
-        weights=str(weights) if weights else None,
-        alpha=alpha,
-    )
+    if colour_constancy is None:
+        base = keras.applications.MobileNetV2(
+            input_shape=(*input_size, 3), include_top=False, weights=str(weights) if weights else None, alpha=alpha
+        )
+        inputs = base.input
+    else:
+        inputs = keras.Input((*input_size, 3))
+        balanced = ShadesOfGray(colour_constancy, name=COLOUR_CONSTANCY_LAYER)(inputs)
+        base = keras.applications.MobileNetV2(
+            input_tensor=balanced, include_top=False, weights=str(weights) if weights else None, alpha=alpha
+        )
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = not freeze_batch_norm  # Keras 3 runs a non-trainable BN layer in inference mode
@@ -46,7 +85,7 @@ def build_classifier(
     x = layers.Dense(units, activation="relu", name="fc", kernel_initializer=keras.initializers.HeNormal(seed))(x)
     x = layers.Dropout(dropout, name="dropout", seed=seed)(x)
     out = layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
-    return keras.Model(base.input, out, name="skinsite_mobilenetv2")
+    return keras.Model(inputs, out, name="skinsite_mobilenetv2")
 
 
 def member_name(k: int, name: str) -> str:

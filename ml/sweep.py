@@ -40,8 +40,14 @@ VARIANTS: dict[str, list[str]] = {
     "cutmix": ["--set", "cutmix=1.0"],
     "mixup_e20": ["--epochs", "20", "--set", "mixup=0.3"],  # mixup's val loss still fell at epoch 12
     "acquisition": ["--set", "augmentation='acquisition'"],
+    "constancy": ["--set", "colour_constancy=6.0"],
 }
-OWN_CACHE = ("base", "deeper", "acquisition")  # variants whose cut or augmentation differs; the others read base's
+OWN_CACHE = (
+    "base",
+    "deeper",
+    "acquisition",
+    "constancy",
+)  # variants whose cut or augmentation differs; the others read base's
 
 
 def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Path, weights: Path) -> list[str]:

@@ -70,6 +70,9 @@ class Recipe:
     label_smoothing: float = 0.1
     copies: int = 8  # copy 0 plain, the rest augmented
     augmentation: str = "mild"  # of ml.augment.AUGMENTATIONS
+    # The power of a colour-constancy layer before MobileNetV2 (ml.model.ShadesOfGray; 6 is the usual choice),
+    # which undoes a light's or a camera's colour cast on every path into the model; None: none.
+    colour_constancy: float | None = None
     units: int = 256
     dropout: float = 0.4
     patience: int = 16
@@ -205,11 +208,12 @@ def train(
         recipe.alpha,
         recipe.seed if recipe.head_seed is None else recipe.head_seed,
         recipe.freeze_batch_norm,
+        recipe.colour_constancy,
     )
     set_trainable_from(model, recipe.trainable_from, recipe.freeze_batch_norm)
     lower, upper = split_model(model, recipe.cut)
     lower_fn = compiled(lower)
-    key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed, recipe.augmentation)
+    key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed, recipe.augmentation, recipe.colour_constancy)
     key += f"_limit{limit}" if limit else ""
     cache = cache_dir / key
 

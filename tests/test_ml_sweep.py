@@ -28,10 +28,11 @@ def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
     assert (recipes["mixup"].mixup, recipes["mixup"].cutmix) == (0.3, 0.0)
     assert (recipes["cutmix"].mixup, recipes["cutmix"].cutmix) == (0.0, 1.0)
     # Every variant but base changes the recipe, and only the ones with their own cache change the cut or the
-    # augmentation of the cached copies.
+    # augmentation or colour constancy of the cached copies.
     assert all(recipes[v] != base for v in sweep.VARIANTS if v != "base")
     assert recipes["acquisition"].augmentation == "acquisition"
-    cache = {v: (recipes[v].cut, recipes[v].augmentation) for v in sweep.VARIANTS}
+    assert recipes["constancy"].colour_constancy == 6.0 and base.colour_constancy is None
+    cache = {v: (recipes[v].cut, recipes[v].augmentation, recipes[v].colour_constancy) for v in sweep.VARIANTS}
     assert {v for v in sweep.VARIANTS if cache[v] != cache["base"]} == set(sweep.OWN_CACHE) - {"base"}
 
 
