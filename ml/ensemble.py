@@ -82,8 +82,12 @@ def combine(members: list[keras.Model], cut: str) -> keras.Model:
     names = [layer.name for layer in first.layers]
     index = names.index(cut)
     for other in members[1:]:
+        theirs_names = [layer.name for layer in other.layers[1 : index + 1]]  # the input layers' names may differ
+        if theirs_names != names[1 : index + 1]:
+            mismatch = next((a for a, b in zip(names[1:], theirs_names, strict=False) if a != b), cut)
+            raise ValueError(f"members differ below the cut, at {mismatch}: they cannot share it")
         for mine, theirs in zip(first.layers[: index + 1], other.layers[: index + 1], strict=True):
-            same = mine.name == theirs.name or not mine.weights  # the input layers' names may differ
+            same = mine.name == theirs.name or not mine.weights
             if not same or any(
                 not np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights(), strict=True)
             ):

@@ -143,6 +143,16 @@ def trained_as(meta: dict) -> str:
     return f"combined {meta['created_at']} from {len(members)} networks trained with seeds {seeds}"
 
 
+def constancy(recipe: dict) -> str:
+    power = recipe.get("colour_constancy")
+    if power is None:
+        return ""
+    return (
+        f"colour constancy inside the model (shades of grey: each image's colour channels scaled to equal "
+        f"{power:g}th-power means, its brightness kept, so a light's or camera's colour cast is undone), "
+    )
+
+
 def recipe_line(recipe: dict, meta: dict) -> str:
     return (
         f"layers from `{recipe['trainable_from']}` up fine-tuned, batch norm frozen; "
@@ -333,8 +343,9 @@ def model_card(meta: dict, metrics: dict, comparison: dict | None = None) -> str
         "",
         f"- Data: HAM10000 ({meta['images']['train']} train / {meta['images']['val']} val / {meta['images']['test']} test "
         "images, split by lesion). Fit on train, every choice on val, test only for this card.",
-        f"- Input {meta['input_size'][1]}x{meta['input_size'][0]} (the images are 200x150), MobileNetV2 1.0 with ImageNet "
-        f"weights, global average pooling, Dense {recipe['units']} ReLU, Dropout {recipe['dropout']}, Dense 7 softmax.",
+        f"- Input {meta['input_size'][1]}x{meta['input_size'][0]} (the images are 200x150), {constancy(recipe)}"
+        f"MobileNetV2 1.0 with ImageNet weights, global average pooling, Dense {recipe['units']} ReLU, Dropout "
+        f"{recipe['dropout']}, Dense 7 softmax.",
         *recipe_lines(meta),
     ]
     if "logit_adjustment" in meta:

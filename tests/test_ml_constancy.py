@@ -134,3 +134,24 @@ def test_the_int8_file_keeps_the_layer_in_float_and_is_blind_to_a_colour_cast(cl
     no_blue = unit.copy()
     no_blue[..., 2] = 0.0  # 8 bits would round this channel's mean to 0 and divide by it
     assert np.isfinite(served(as_input(no_blue))).all()
+
+
+def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_without(classifier):
+    from ml.ensemble import combine
+    from ml.metrics import softmax
+    from ml.model import COLOUR_CONSTANCY_LAYER, build_classifier
+
+    other = build_classifier(None, SIZE, units=8, alpha=0.35, seed=1, colour_constancy=6.0)
+    cut = "block_2_add"
+    below = [layer.name for layer in classifier.layers].index(cut) + 1
+    for mine, theirs in zip(classifier.layers[:below], other.layers[:below], strict=True):
+        theirs.set_weights(mine.get_weights())
+    pair = combine([classifier, other], cut)
+    assert [layer.name for layer in pair.layers].count(COLOUR_CONSTANCY_LAYER) == 1
+    x = as_input(unit_images())
+    expected = softmax(np.mean([np.log(m.predict(x, verbose=0)) for m in (classifier, other)], axis=0))
+    np.testing.assert_allclose(pair.predict(x, verbose=0), expected, atol=1e-5)
+
+    plain = build_classifier(None, SIZE, units=8, alpha=0.35, seed=1)
+    with pytest.raises(ValueError, match="differ below the cut"):
+        combine([classifier, plain], cut)
