@@ -185,6 +185,10 @@ def recipe_lines(meta: dict) -> list[str]:
     return lines
 
 
+# Recipe options a member may have been trained with (``ml.train --set``), and their values when off.
+SETTINGS_OFF = {"colour_constancy": None, "augmentation": "mild", "mixup": 0.0, "cutmix": 0.0}
+
+
 def reproduce(meta: dict) -> str:
     """The commands that made this model, in Markdown."""
     members = meta.get("members")
@@ -197,8 +201,9 @@ def reproduce(meta: dict) -> str:
     for k, m in enumerate(members):
         r = m["recipe"]
         head = f" --head-seed {r['head_seed']}" if r.get("head_seed") is not None else ""
+        settings = "".join(f" --set {key}={r[key]}" for key, off in SETTINGS_OFF.items() if r.get(key, off) != off)
         train.append(
-            f"`python -m ml.train --seed {r['seed']}{head} --copies {r['copies']} --epochs {r['epochs']} "
+            f"`python -m ml.train --seed {r['seed']}{head} --copies {r['copies']} --epochs {r['epochs']}{settings} "
             f"--out ml/runs/member{k}`"
         )
     files = " ".join(f"ml/runs/member{k}/skinsite.keras" for k in range(len(members)))

@@ -155,3 +155,18 @@ def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_wit
     plain = build_classifier(None, SIZE, units=8, alpha=0.35, seed=1)
     with pytest.raises(ValueError, match="differ below the cut"):
         combine([classifier, plain], cut)
+
+
+def test_the_card_says_how_to_train_such_members_again():
+    from ml.evaluate import constancy, reproduce
+
+    def member(seed, **settings):
+        return {"recipe": {"seed": seed, "copies": 4, "epochs": 12, "augmentation": "mild", **settings}}
+
+    meta = {"members": [member(0, colour_constancy=6.0), member(1, colour_constancy=6.0)], "served_precision": "int8"}
+    commands = reproduce(meta)
+    assert commands.count("--set colour_constancy=6.0") == 2
+    assert "--seed 1 --copies 4 --epochs 12 --set colour_constancy=6.0 --out ml/runs/member1" in commands
+    assert "--set augmentation" not in commands  # an option left at its default is not named
+    assert "--set" not in reproduce({"members": [member(0), member(1)]})
+    assert "6th-power" in constancy(meta["members"][0]["recipe"]) and constancy({}) == ""
