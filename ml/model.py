@@ -30,6 +30,7 @@ class ShadesOfGray(layers.Layer):
     layer undoes such a scaling (up to clipping), so the network sees the same image under either. It works on
     the preprocessed input (MobileNetV2's [-1, 1]) and keeps each image's overall brightness; being part of the
     model, every path that feeds the model an image (training's cache, ``ml.predict``, the workers) gets it.
+    A recipe option (``ml.train --set colour_constancy=6``), not in the shipped model: see ``ml.train.Recipe``.
     """
 
     def __init__(self, power: float = 6.0, **kwargs):

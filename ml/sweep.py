@@ -7,8 +7,8 @@ AUC and log loss, and the accuracy, balanced accuracy and melanoma recall at the
 Seeds matter as much as most knobs here, so a variant is compared by its mean over seeds.
 
 Meant for a machine with a GPU and many cores (Keras runs on JAX or TensorFlow there); on this project's
-2-core CPU one run took about 27 minutes on one session's Intel Xeon and 60 (16 of them building its cache) on
-another's AVX2-only AMD EPYC. Runs not started by ``--launch-until`` seconds are skipped, and
+2-core CPU one run took 23-27 minutes on an Intel Xeon (6-7 of them building its cache) and 60 (16) on
+another session's AVX2-only AMD EPYC. Runs not started by ``--launch-until`` seconds are skipped, and
 runs still going at ``--kill-at`` are stopped, so a sweep fits a fixed lease. The first run of each cache
 (the recipe's cut, augmentation and seed) runs alone before the others that share its cached activations.
 """
