@@ -69,14 +69,13 @@ def bench(
     paths_ = {"litert": classifier.predict_arrays}
     keras_file = model.with_suffix(".keras")
     if include_keras and keras_file.exists():
-        import keras
         import tensorflow as tf
 
-        from . import model as _  # noqa: F401  (registers ml.model's layers, which load_model may meet)
+        from .model import load
 
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
-        net = keras.models.load_model(keras_file)
+        net = load(keras_file)
         fast = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
         paths_["tf.function"] = lambda x: fast(tf.constant(x)).numpy()
         paths_["keras.predict"] = lambda x: net.predict(x, verbose=0, batch_size=len(x))

@@ -31,7 +31,7 @@ from .export import to_int8_tflite  # noqa: E402
 from .inference import ORIGINAL_ONLY, VIEWS, LiteModel, predict_views, served_views  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import class_prior, summary  # noqa: E402
-from .model import unfold_output_adjustment  # noqa: E402
+from .model import load, unfold_output_adjustment  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 from .train import Recipe, save, set_operating_point  # noqa: E402
 
@@ -98,7 +98,7 @@ def folded_adjustment(meta: dict) -> tuple[np.ndarray, float]:
 def load_raw(keras_file: Path) -> tuple[keras.Model, dict]:
     """A saved model whose last layer gives raw logits again (its folded operating point undone), and its JSON."""
     meta = json.loads(keras_file.with_suffix(".json").read_text())
-    model = keras.models.load_model(keras_file)
+    model = load(keras_file)
     unfold_output_adjustment(model, *folded_adjustment(meta))
     return model, meta
 

@@ -32,6 +32,7 @@ import argparse
 import logging
 import os
 from functools import partial
+from itertools import zip_longest
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,14 +83,12 @@ def combine(members: list[keras.Model], cut: str) -> keras.Model:
     names = [layer.name for layer in first.layers]
     index = names.index(cut)
     for other in members[1:]:
-        theirs_names = [layer.name for layer in other.layers[1 : index + 1]]  # the input layers' names may differ
-        if theirs_names != names[1 : index + 1]:
-            mismatch = next((a for a, b in zip(names[1:], theirs_names, strict=False) if a != b), cut)
-            raise ValueError(f"members differ below the cut, at {mismatch}: they cannot share it")
-        for mine, theirs in zip(first.layers[: index + 1], other.layers[: index + 1], strict=True):
-            same = mine.name == theirs.name or not mine.weights
-            if not same or any(
-                not np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights(), strict=True)
+        # Layer by layer after the input (whose name may differ): the same layers, in order, with the same weights.
+        for mine, theirs in zip_longest(first.layers[1 : index + 1], other.layers[1 : index + 1]):
+            if (
+                theirs is None
+                or mine.name != theirs.name
+                or any(not np.array_equal(a, b) for a, b in zip_longest(mine.get_weights(), theirs.get_weights()))
             ):
                 raise ValueError(f"members differ below the cut, at {mine.name}: they cannot share it")
     shared = first.get_layer(cut).output

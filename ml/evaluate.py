@@ -185,7 +185,8 @@ def recipe_lines(meta: dict) -> list[str]:
     return lines
 
 
-# Recipe options a member may have been trained with (``ml.train --set``), and their values when off.
+# Recipe options a member may have been trained with (``ml.train --set``), and their values when off: the
+# defaults of ``ml.train.Recipe``, written out because importing ml.train here would load Keras.
 SETTINGS_OFF = {"colour_constancy": None, "augmentation": "mild", "mixup": 0.0, "cutmix": 0.0}
 
 

@@ -155,14 +155,12 @@ def _limit_tensorflow_threads() -> None:
 def load_grad_cam(model_path: str | Path | None = None) -> tuple[GradCam, str]:
     """The Keras twin of a served model (``skinsite.keras`` beside ``skinsite.tflite``) and its version, warmed up."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    from . import model as _  # noqa: F401  (registers ml.model's layers, which load_model may meet)
+    from .model import load
 
     _limit_tensorflow_threads()
     keras_file = Path(model_path or paths.SHIPPED_MODEL).with_suffix(".keras")
     meta = model_metadata(keras_file)
-    grad_cam = GradCam(keras.models.load_model(keras_file, compile=False), tuple(meta["input_size"]))
+    grad_cam = GradCam(load(keras_file, compile=False), tuple(meta["input_size"]))
     # The first call traces the graph and allocates (seconds): pay it here, not in the first analysis.
     grad_cam(np.zeros((*grad_cam.input_size, 3), np.float32), 0)
     return grad_cam, meta["version"]

@@ -86,15 +86,14 @@ FLOAT_OPS = ("FULLY_CONNECTED", "SOFTMAX")
 FLOAT_LAYERS = (COLOUR_CONSTANCY_LAYER,)
 
 
-def float_layer_nodes(model: keras.Model) -> list[str]:
-    """The TFLite node names of the ops of ``model``'s :data:`FLOAT_LAYERS`, read off a float conversion."""
+def float_layer_nodes(model: keras.Model, converter) -> list[str]:
+    """The TFLite node names of the ops of ``model``'s :data:`FLOAT_LAYERS`, read off a float conversion by
+    ``converter`` (one over ``model``, before it is told to quantise)."""
     if not any(layer.name in FLOAT_LAYERS for layer in model.layers):
         return []
     import tensorflow as tf
 
-    with converter_of(model) as converter:
-        interpreter = tf.lite.Interpreter(model_content=converter.convert())
-    names = [detail["name"] for detail in interpreter.get_tensor_details()]
+    names = [detail["name"] for detail in tf.lite.Interpreter(model_content=converter.convert()).get_tensor_details()]
     return [name for name in names if any(f"/{layer}" in name for layer in FLOAT_LAYERS)]
 
 
@@ -117,8 +116,8 @@ def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[n
             yield [a]
 
     path = Path(path)
-    float_nodes = float_layer_nodes(model)
     with converter_of(model) as converter:
+        float_nodes = float_layer_nodes(model, converter)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples
         # The quantisation debugger is TensorFlow's way to leave chosen op types, and chosen nodes, in float.

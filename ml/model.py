@@ -51,6 +51,11 @@ class ShadesOfGray(layers.Layer):
         return {**super().get_config(), "power": self.power}
 
 
+def load(path: str | Path, compile: bool = True) -> keras.Model:
+    """A saved classifier (``.keras``), with this module's own layers (:class:`ShadesOfGray`) known to Keras."""
+    return keras.models.load_model(path, compile=compile)
+
+
 def build_classifier(
     weights: str | Path | None,
     input_size: tuple[int, int] = INPUT_SIZE,

@@ -60,12 +60,11 @@ def val_figures(y: np.ndarray, logits: np.ndarray, prior: np.ndarray, served_bia
 
 def write_int8(keras_file: Path, meta: dict, out: Path, calibration: list[np.ndarray]) -> Path:
     """The int8 TFLite file of ``keras_file`` in ``out``, with its JSON ``meta`` beside it (version marked int8)."""
-    import keras
-
     from .export import to_int8_tflite
+    from .model import load
 
     out.mkdir(parents=True, exist_ok=True)
-    tflite = to_int8_tflite(keras.models.load_model(keras_file), out / "skinsite.tflite", calibration)
+    tflite = to_int8_tflite(load(keras_file), out / "skinsite.tflite", calibration)
     digest = sha256(tflite)
     marked = meta | {
         "version": f"{meta['version']}-int8-{digest[:8]}",

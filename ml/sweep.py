@@ -10,7 +10,7 @@ Meant for a machine with a GPU and many cores (Keras runs on JAX or TensorFlow t
 2-core CPU one run took 23-27 minutes on an Intel Xeon (6-7 of them building its cache) and 60 (16) on
 another session's AVX2-only AMD EPYC. Runs not started by ``--launch-until`` seconds are skipped, and
 runs still going at ``--kill-at`` are stopped, so a sweep fits a fixed lease. The first run of each cache
-(the recipe's cut, augmentation and seed) runs alone before the others that share its cached activations.
+(the recipe's cut, augmentation, colour constancy and seed) runs alone before the others that share its cached activations.
 """
 
 from __future__ import annotations
@@ -42,12 +42,9 @@ VARIANTS: dict[str, list[str]] = {
     "acquisition": ["--set", "augmentation='acquisition'"],
     "constancy": ["--set", "colour_constancy=6.0"],
 }
-OWN_CACHE = (
-    "base",
-    "deeper",
-    "acquisition",
-    "constancy",
-)  # variants whose cut or augmentation differs; the others read base's
+# Variants whose cut, augmentation or colour constancy (what the cached activations depend on) differ; the others
+# read base's cache.
+OWN_CACHE = ("base", "deeper", "acquisition", "constancy")
 
 
 def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Path, weights: Path) -> list[str]:

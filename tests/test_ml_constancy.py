@@ -115,11 +115,12 @@ def test_a_model_with_the_layer_loads_back_and_exports_to_tflite_alike(classifie
 def test_the_int8_file_keeps_the_layer_in_float_and_is_blind_to_a_colour_cast(classifier, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from ml.export import float_layer_nodes, to_int8_tflite
+    from ml.export import converter_of, float_layer_nodes, to_int8_tflite
     from ml.inference import LiteModel
 
     unit = unit_images(8)
-    nodes = float_layer_nodes(classifier)
+    with converter_of(classifier) as converter:
+        nodes = float_layer_nodes(classifier, converter)
     assert any("Pow" in node for node in nodes), nodes
     file = to_int8_tflite(classifier, tmp_path / "m.tflite", as_input(unit_images(16, seed=9)))
     kinds = {d["name"]: d["dtype"] for d in Interpreter(str(file)).get_tensor_details()}
