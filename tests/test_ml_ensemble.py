@@ -248,13 +248,14 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
     arrays = np.stack([preprocess(p, SIZE) for p in val["path"]])
     served = Classifier(out / "skinsite.tflite").predict_arrays(arrays)
     in_float = keras.models.load_model(out / "skinsite.keras").predict(arrays, verbose=0)
-    # The JSON's val figures are the served int8 file's own, which are not the Keras model's.
+    # The JSON's val figures are the served int8 file's own, which are not the Keras model's. How far the Keras
+    # model's ECE lands from the int8 file's depends on the CPU's kernels (0.0007 on one machine, 0.014 on another),
+    # so it is told apart by a margin well above the tolerance the int8 figures are matched to, not a fixed gap.
     y = val["label"].to_numpy()
     figures = summary(y, served)
-    for key in ("accuracy", "balanced_accuracy", "melanoma_recall"):
+    for key in ("accuracy", "balanced_accuracy", "melanoma_recall", "ece"):
         assert figures[key] == pytest.approx(result["val"][key], abs=1e-9), key
-    assert figures["ece"] == pytest.approx(result["val"]["ece"], abs=1e-5)
-    assert abs(summary(y, in_float)["ece"] - result["val"]["ece"]) > 1e-3
+    assert abs(summary(y, in_float)["ece"] - result["val"]["ece"]) > 1e-6
     assert not np.allclose(served, in_float, atol=1e-3)
     # And the point was chosen on the int8 outputs: an int8 export of the raw model, made as build makes it, gives
     # the figures recorded before the temperature; the Keras model's own outputs give others.
@@ -266,8 +267,8 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
         return summary(y, softmax(np.log(np.clip(probs, 1e-12, None)) + bias))["ece"]
 
     recorded = result["val_before_calibration"]["ece"]
-    assert ece_before_temperature(LiteModel(export).in_batches(arrays)) == pytest.approx(recorded, abs=1e-6)
-    assert abs(ece_before_temperature(raw.predict(arrays, verbose=0)) - recorded) > 1e-4
+    assert ece_before_temperature(LiteModel(export).in_batches(arrays)) == pytest.approx(recorded, abs=1e-8)
+    assert abs(ece_before_temperature(raw.predict(arrays, verbose=0)) - recorded) > 1e-6
 
     # Choosing again keeps it int8; the same calibration images give the same point and the same outputs. So
     # does building again from the int8 model, unless told otherwise.
