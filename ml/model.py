@@ -66,13 +66,17 @@ def build_classifier(
     freeze_batch_norm: bool = True,
     colour_constancy: float | None = None,
 ) -> keras.Model:
-    """``weights``: path to MobileNetV2 ImageNet weights (no top), or None for random init (tests).
+    """``weights``: path to MobileNetV2 ImageNet weights (no top), or None for random init (tests), drawn from
+    ``seed`` (it reseeds Keras's global generators): untrained, about one seed in ten gives a network whose
+    activations die out before the head, so the tests' networks must not depend on what was drawn before them.
 
     ``colour_constancy``: the power of a :class:`ShadesOfGray` layer put before MobileNetV2; None: none.
 
     ``freeze_batch_norm=False`` only makes sense from random init: there the batch statistics are all the
     scale the network has (the tests train a tiny network from scratch this way).
     """
+    if not weights:
+        keras.utils.set_random_seed(seed)
     if colour_constancy is None:
         base = keras.applications.MobileNetV2(
             input_shape=(*input_size, 3), include_top=False, weights=str(weights) if weights else None, alpha=alpha

@@ -30,6 +30,7 @@ def tiny_members(n: int = 2):
     # logits are of order one and differ between inputs and members.
     for member in members:
         hidden = keras.Model(member.input, member.get_layer("fc").output).predict(inputs(), verbose=0)
+        assert np.abs(hidden).max() > 0, f"{member.name}'s untrained activations die out: build it from another seed"
         head = member.get_layer("probs")
         kernel, bias = head.get_weights()
         head.set_weights([kernel / np.abs(hidden).mean(), bias])
