@@ -67,8 +67,9 @@ def build_classifier(
     colour_constancy: float | None = None,
 ) -> keras.Model:
     """``weights``: path to MobileNetV2 ImageNet weights (no top), or None for random init (tests), drawn from
-    ``seed`` (it reseeds Keras's global generators): untrained, about one seed in ten gives a network whose
-    activations die out before the head, so the tests' networks must not depend on what was drawn before them.
+    ``seed`` (``keras.utils.set_random_seed``: Python's, NumPy's and the backend's generators are reseeded).
+    Untrained, one seed in the twelve tried gave a network whose activations die out before the head, so the
+    tests' networks must not depend on what was drawn before them.
 
     ``colour_constancy``: the power of a :class:`ShadesOfGray` layer put before MobileNetV2; None: none.
 

@@ -159,7 +159,11 @@ def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_wit
 
 
 def test_the_card_says_how_to_train_such_members_again():
-    from ml.evaluate import constancy, reproduce
+    from ml.evaluate import SETTINGS_OFF, constancy, reproduce
+    from ml.train import Recipe
+
+    # The card's copy of the options' defaults (ml.evaluate does not load Keras) is the recipe's own.
+    assert SETTINGS_OFF == {key: getattr(Recipe(name="defaults"), key) for key in SETTINGS_OFF}
 
     def member(seed, **settings):
         return {"recipe": {"seed": seed, "copies": 4, "epochs": 12, "augmentation": "mild", **settings}}
