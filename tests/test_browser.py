@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.urls import reverse
 from PIL import Image, ImageDraw
 
@@ -53,6 +54,10 @@ def browser(monkeypatch):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
+        # While that loop runs, Django keeps this thread's database connections apart from its usual ones (asgiref's
+        # thread-critical Local switches to context-variable storage), so closing the usual ones at teardown would
+        # miss them and leave a session open on the test database: close them here, while the loop still runs.
+        connections.close_all()
 
 
 @pytest.fixture
