@@ -41,10 +41,12 @@ VARIANTS: dict[str, list[str]] = {
     "mixup_e20": ["--epochs", "20", "--set", "mixup=0.3"],  # mixup's val loss still fell at epoch 12
     "acquisition": ["--set", "augmentation='acquisition'"],
     "constancy": ["--set", "colour_constancy=6.0"],
+    # 2x the images' own scale: 224x160 -> 288x224 raised val macro AUC from 0.928 to 0.945 (ml/preprocess.py).
+    "large": ["--set", "input_size=(288, 384)"],
 }
-# Variants whose cut, augmentation or colour constancy (what the cached activations depend on) differ; the others
-# read base's cache.
-OWN_CACHE = ("base", "deeper", "acquisition", "constancy")
+# Variants whose cut, input size, augmentation or colour constancy (what the cached activations depend on) differ;
+# the others read base's cache.
+OWN_CACHE = ("base", "deeper", "acquisition", "constancy", "large")
 
 
 def run_arguments(variant: str, seed: int, out: Path, cache: Path, data_dir: Path, weights: Path) -> list[str]:
