@@ -41,7 +41,8 @@ VARIANTS: dict[str, list[str]] = {
     "mixup_e20": ["--epochs", "20", "--set", "mixup=0.3"],  # mixup's val loss still fell at epoch 12
     "acquisition": ["--set", "augmentation='acquisition'"],
     "constancy": ["--set", "colour_constancy=6.0"],
-    # 2x the images' own scale: 224x160 -> 288x224 raised val macro AUC from 0.928 to 0.945 (ml/preprocess.py).
+    # 2x the images' own scale (224x160 -> 288x224 had raised val macro AUC from 0.928 to 0.945, ml/preprocess.py):
+    # seeds 2 and 0, 41-48 min a run on an Intel Xeon CPU, ranked val about as base does (recipe_sweep.json).
     "large": ["--set", "input_size=(288, 384)"],
 }
 # Variants whose cut, input size, augmentation or colour constancy (what the cached activations depend on) differ;
