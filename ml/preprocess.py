@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 # (height, width). The HAM10000 images are 200x150 (4:3); 288x224 keeps nearly that aspect and upsamples them
 # about 1.45x, so a lesion spans more of the ImageNet features' receptive fields: on val it raised macro AUC
 # from 0.928 to 0.945 over 224x160 with the same recipe, for 1.8x the compute. Both sides are multiples of 32.
-# Going on to 384x288 (ml.sweep's "large", 1.7x the compute again) gained nothing measurable: two such networks
+# Going on to 384x288 (ml.sweep's "large", 1.7x the pixels again) gained nothing measurable: two such networks
 # ranked val as the base recipe's do, and served together did worse at their point on held-out halves of val than
 # the shipped three (val_comparison.json).
 INPUT_SIZE: tuple[int, int] = (224, 288)

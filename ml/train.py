@@ -113,6 +113,11 @@ class Recipe:
     half_precision: bool = True
 
 
+def recipe_cache_key(recipe: Recipe) -> str:
+    """The folder of ``recipe``'s cached lower-block activations: named by every field they depend on."""
+    return features.cache_key(recipe.cut, recipe.input_size, recipe.seed, recipe.augmentation, recipe.colour_constancy)
+
+
 RECIPES = {
     "improved": Recipe("improved"),
     "paper": Recipe(
@@ -218,8 +223,7 @@ def train(
     set_trainable_from(model, recipe.trainable_from, recipe.freeze_batch_norm)
     lower, upper = split_model(model, recipe.cut)
     lower_fn = compiled(lower)
-    key = features.cache_key(recipe.cut, recipe.input_size, recipe.seed, recipe.augmentation, recipe.colour_constancy)
-    key += f"_limit{limit}" if limit else ""
+    key = recipe_cache_key(recipe) + (f"_limit{limit}" if limit else "")
     cache = cache_dir / key
 
     def acts(part: str, copy: int = 0) -> np.ndarray:

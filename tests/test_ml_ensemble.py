@@ -251,7 +251,8 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
     in_float = keras.models.load_model(out / "skinsite.keras").predict(arrays, verbose=0)
     # The JSON's val figures are the served int8 file's own, which are not the Keras model's. How far the Keras
     # model's ECE lands from the int8 file's depends on the CPU's kernels (0.0007 and 0.014 in two runs on two
-    # machines, before the networks were seeded), so it is told apart by a margin well above the tolerance the int8 figures are matched to, not a fixed gap.
+    # machines, before the networks were seeded), so it is told apart by a margin well above the tolerance the
+    # int8 figures are matched to, not by a fixed gap.
     y = val["label"].to_numpy()
     figures = summary(y, served)
     for key in ("accuracy", "balanced_accuracy", "melanoma_recall", "ece"):

@@ -12,8 +12,7 @@ pytest.importorskip("keras")
 
 def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
     from ml import sweep
-    from ml.features import cache_key
-    from ml.train import argument_parser, recipe_from
+    from ml.train import argument_parser, recipe_cache_key, recipe_from
 
     recipes = {}
     for variant in sweep.VARIANTS:
@@ -29,12 +28,12 @@ def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
     assert (recipes["mixup"].mixup, recipes["mixup"].cutmix) == (0.3, 0.0)
     assert (recipes["cutmix"].mixup, recipes["cutmix"].cutmix) == (0.0, 1.0)
     # Every variant but base changes the recipe, and only the ones with their own cache change what the cached
-    # copies depend on (the cache's folder name, as ml.train forms it).
+    # copies depend on (the cache's folder name, as ml.train names it).
     assert all(recipes[v] != base for v in sweep.VARIANTS if v != "base")
     assert recipes["acquisition"].augmentation == "acquisition"
     assert recipes["constancy"].colour_constancy == 6.0 and base.colour_constancy is None
     assert recipes["large"].input_size == (288, 384) and base.input_size == (224, 288)
-    cache = {v: cache_key(r.cut, r.input_size, r.seed, r.augmentation, r.colour_constancy) for v, r in recipes.items()}
+    cache = {v: recipe_cache_key(r) for v, r in recipes.items()}
     assert {v for v in sweep.VARIANTS if cache[v] != cache["base"]} == set(sweep.OWN_CACHE) - {"base"}
 
 
