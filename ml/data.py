@@ -30,14 +30,26 @@ def make_split(metadata: pd.DataFrame, seed: int = 0, val: float = 0.1, test: fl
     return out
 
 
+# What HAM10000's metadata says of each image besides its diagnosis: how that diagnosis was confirmed (histo,
+# follow_up, consensus, confocal), the patient's age and sex, and the body site.
+DESCRIPTIONS = ("dx_type", "age", "sex", "localization")
+
+
 def load_dataset(data_dir: str | Path) -> pd.DataFrame:
-    """One row per image: image_id, lesion_id, dx, label (index into CLASSES), split, path."""
+    """One row per image: image_id, lesion_id, dx, label (index into CLASSES), split, path, and the metadata's
+    DESCRIPTIONS of it where the folder has ``HAM10000_metadata.csv``."""
     data_dir = Path(data_dir)
-    split_file = data_dir / "split.csv"
+    split_file, metadata_file = data_dir / "split.csv", data_dir / "HAM10000_metadata.csv"
+    metadata = pd.read_csv(metadata_file) if metadata_file.exists() else None
     if split_file.exists():
         frame = pd.read_csv(split_file)
+    elif metadata is not None:
+        frame = make_split(metadata)
     else:
-        frame = make_split(pd.read_csv(data_dir / "HAM10000_metadata.csv"))
+        raise FileNotFoundError(f"{data_dir} has neither split.csv nor HAM10000_metadata.csv")
+    if metadata is not None:
+        present = [c for c in DESCRIPTIONS if c in metadata.columns]
+        frame = frame.merge(metadata[["image_id", *present]], on="image_id", how="left", validate="one_to_one")
     unknown = set(frame["dx"]) - set(CLASSES)
     if unknown:
         raise ValueError(f"unknown classes in {data_dir}: {sorted(unknown)}")

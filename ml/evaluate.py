@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 from . import data, paths  # noqa: E402
 from .inference import ORIGINAL_ONLY, Classifier, model_metadata, served_views  # noqa: E402
 from .labels import CLASSES, FULL_NAMES  # noqa: E402
-from .metrics import softmax, summary  # noqa: E402
+from .metrics import MIN_AUC_CASES, by_group, softmax, summary  # noqa: E402
 from .predict import predict_files, write_csv  # noqa: E402
 
 log = logging.getLogger("ml.evaluate")
@@ -279,6 +279,102 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
     return lines
 
 
+# The test images described by their metadata (ml.data.DESCRIPTIONS): (key in metrics.json, heading, the
+# metadata's words for the groups -> the card's, in the card's order; None keeps the metadata's own, largest first).
+GROUPINGS = (
+    (
+        "confirmed_by",
+        "How the diagnosis was confirmed",
+        {
+            "histo": "histopathology",
+            "follow_up": "follow-up",
+            "consensus": "expert consensus",
+            "confocal": "confocal microscopy",
+        },
+    ),
+    ("sex", "Sex", None),
+    ("age", "Age", {"under 30": "under 30", "30-49": "30-49", "50-69": "50-69", "70 and over": "70 and over"}),
+    ("body_site", "Body site", None),
+)
+MIN_NAMED_MELANOMAS = 10  # the card's limits name the groups with the lowest melanoma recall among those with this many
+
+
+def age_band(age: float) -> str:
+    if pd.isna(age):
+        return "unknown"
+    return "under 30" if age < 30 else "30-49" if age < 50 else "50-69" if age < 70 else "70 and over"
+
+
+def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray) -> dict[str, list[dict]]:
+    """``by_group`` figures for each of GROUPINGS, from the metadata columns of ``rows`` (the images behind ``y``
+    and ``probs``); empty where the data folder had no metadata."""
+    if not set(data.DESCRIPTIONS) <= set(rows.columns):
+        return {}
+    columns = {
+        "confirmed_by": rows["dx_type"],
+        "sex": rows["sex"],
+        "age": rows["age"].map(age_band),
+        "body_site": rows["localization"],
+    }
+    out = {}
+    for key, _, words in GROUPINGS:
+        values = columns[key].fillna("unknown").astype(str).map(lambda v, w=words: (w or {}).get(v, v))
+        order = [*words.values(), "unknown"] if words else None
+        out[key] = by_group(y, probs, values.to_numpy(), order)
+    return out
+
+
+def _found(hits: int, n: int) -> str:
+    return f"{fmt(hits / n)} ({hits}/{n})" if n else "—"
+
+
+def subgroup_lines(groups: dict[str, list[dict]]) -> list[str]:
+    """The card's section on how the served model does for different patients and lesions (test part)."""
+    if not groups:
+        return []
+    lines = [
+        "## By patient and lesion (test)",
+        "",
+        "The served decisions on the test images, grouped by what HAM10000's metadata says of them. Melanoma AUC ranks "
+        f"melanoma against every other lesion in the group, shown where it holds at least {MIN_AUC_CASES} of each. "
+        "In HAM10000 every melanoma, basal cell carcinoma and actinic keratosis was confirmed by histopathology, and "
+        "every lesion confirmed by follow-up is a nevus, so the histopathology rows are the hard cases.",
+        "",
+    ]
+    for key, heading, _ in GROUPINGS:
+        lines += [
+            f"| {heading.lower()} | images | accuracy | melanoma recall | melanoma AUC | malignant sensitivity |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {r['group']} | {r['images']} | {fmt(r['accuracy'])} | {_found(r['melanomas_found'], r['melanomas'])} "
+                f"| {fmt(r['melanoma_auc'])} | {_found(r['malignant_found'], r['malignant'])} |"
+                for r in groups[key]
+            ],
+            "",
+        ]
+    return lines
+
+
+def weakest_groups_line(groups: dict[str, list[dict]]) -> list[str]:
+    """A limits bullet naming the groups with the lowest melanoma recall (among those with enough melanomas)."""
+    named = [
+        (r["melanomas_found"] / r["melanomas"], heading.lower(), r)
+        for key, heading, _ in GROUPINGS
+        for r in groups.get(key, [])
+        if r["melanomas"] >= MIN_NAMED_MELANOMAS and r["group"] != "unknown"
+    ]
+    if not named:
+        return []
+    worst = sorted(named, key=lambda t: t[0])[:3]
+    words = "; ".join(
+        f"{r['group']} ({heading}), {_found(r['melanomas_found'], r['melanomas'])}" for _, heading, r in worst
+    )
+    return [
+        f"- Lowest melanoma recall on test among groups with at least {MIN_NAMED_MELANOMAS} melanomas: {words} "
+        "(see the section by patient and lesion)."
+    ]
+
+
 def model_card(meta: dict, metrics: dict, comparison: dict | None = None) -> str:
     test, val = metrics["test"], metrics["val"]
     recipe = meta["recipe"]
@@ -330,6 +426,7 @@ def model_card(meta: dict, metrics: dict, comparison: dict | None = None) -> str
         "",
         "![confusion matrix](confusion_matrix.png) ![ROC curves](roc_curves.png)",
         "",
+        *subgroup_lines(metrics.get("subgroups", {})),
         "## Table 1: the seed paper's comparison, every row measured by our code on the same test part",
         "",
         "| approach | accuracy | balanced acc. | macro precision | macro recall | macro AUC | melanoma recall |",
@@ -401,6 +498,7 @@ def model_card(meta: dict, metrics: dict, comparison: dict | None = None) -> str
         "- Images are 200x150 downscales: fine structure visible at full resolution is lost.",
         "- Not for use without dermoscopy, on non-lesion images, or as the only basis of a clinical decision. The quality "
         "gate catches many such images, not all of them (see its section).",
+        *weakest_groups_line(metrics.get("subgroups", {})),
         "",
     ]
     return "\n".join(lines)
@@ -618,6 +716,7 @@ def evaluate(model: Path, data_dir: Path, references: dict[str, Path], baselines
         "ece_after_temperature": test["ece"],
         "temperature": t,
         "table1": table,
+        "subgroups": subgroups(data.part(frame, "test"), y_test, p_test),
     }
     metrics.update(kept_sections(out / "metrics.json", meta["version"]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

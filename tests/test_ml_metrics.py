@@ -1,4 +1,5 @@
-"""The served operating point's rule (ml.metrics.choose_operating_point), on generated logits."""
+"""The served operating point's rule (ml.metrics.choose_operating_point) on generated logits, and the figures by
+group of images (ml.metrics.by_group) on hand-made ones."""
 
 import numpy as np
 
@@ -39,3 +40,46 @@ def test_without_any_point_keeping_melanoma_recall_the_best_sum_overall_is_taken
     tau, melanoma_bias, _ = choose_operating_point(y, logits, PRIOR, 1.01)
     chosen = next(r for r in rows if (r["tau"], r["melanoma_bias"]) == (tau, melanoma_bias))
     assert chosen["accuracy"] + chosen["balanced_accuracy"] == max(r["accuracy"] + r["balanced_accuracy"] for r in rows)
+
+
+def test_each_group_counts_its_own_decisions_melanomas_and_malignant_lesions():
+    from ml.metrics import by_group
+
+    def onehot(classes):
+        return np.eye(len(CLASSES))[[CLASSES.index(c) for c in classes]]
+
+    truth = ["mel", "mel", "nv", "bcc", "mel", "nv", "bkl"]
+    called = ["mel", "nv", "nv", "akiec", "mel", "mel", "bkl"]
+    groups = ["face", "face", "face", "back", "back", "back", "back"]
+    y = np.array([CLASSES.index(c) for c in truth])
+    back, face = by_group(y, onehot(called), groups)  # largest group first
+    assert face == {
+        "group": "face",
+        "images": 3,
+        "accuracy": 2 / 3,
+        "melanomas": 2,
+        "melanomas_found": 1,
+        "malignant": 2,
+        "malignant_found": 1,
+        "melanoma_auc": None,  # too few melanomas for an AUC
+    }
+    # bcc called akiec is a malignant lesion found though the class is wrong; the nevus called melanoma is not one.
+    assert (back["images"], back["accuracy"], back["melanomas_found"], back["malignant_found"]) == (4, 0.5, 1, 2)
+    assert [r["group"] for r in by_group(y, onehot(called), groups, order=["face", "scalp", "back"])] == [
+        "face",
+        "back",
+    ]
+
+
+def test_a_group_with_enough_melanomas_and_other_lesions_gets_their_auc():
+    from sklearn.metrics import roc_auc_score
+
+    from ml.metrics import MIN_AUC_CASES, by_group
+
+    rng = np.random.default_rng(0)
+    y = np.array([MEL] * MIN_AUC_CASES + [CLASSES.index("nv")] * MIN_AUC_CASES)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), len(y))
+    (row,) = by_group(y, probs, ["all"] * len(y))
+    assert row["melanoma_auc"] == roc_auc_score(y == MEL, probs[:, MEL])
+    (row,) = by_group(y[1:], probs[1:], ["all"] * (len(y) - 1))
+    assert row["melanoma_auc"] is None
