@@ -279,6 +279,8 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
     return lines
 
 
+AGE_BANDS = ("under 30", "30-49", "50-69", "70 and over")
+
 # The test images described by their metadata (ml.data.DESCRIPTIONS): (key in metrics.json, heading, the
 # metadata's words for the groups -> the card's, in the card's order; None keeps the metadata's own, largest first).
 GROUPINGS = (
@@ -293,7 +295,7 @@ GROUPINGS = (
         },
     ),
     ("sex", "Sex", None),
-    ("age", "Age", {"under 30": "under 30", "30-49": "30-49", "50-69": "50-69", "70 and over": "70 and over"}),
+    ("age", "Age", {band: band for band in AGE_BANDS}),
     ("body_site", "Body site", None),
 )
 MIN_NAMED_MELANOMAS = 10  # the card's limits name the groups with the lowest melanoma recall among those with this many
@@ -302,7 +304,7 @@ MIN_NAMED_MELANOMAS = 10  # the card's limits name the groups with the lowest me
 def age_band(age: float) -> str:
     if pd.isna(age):
         return "unknown"
-    return "under 30" if age < 30 else "30-49" if age < 50 else "50-69" if age < 70 else "70 and over"
+    return AGE_BANDS[int(np.searchsorted([30, 50, 70], age, side="right"))]
 
 
 def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray) -> dict[str, list[dict]]:
