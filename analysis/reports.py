@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import re
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,6 +22,7 @@ from django.utils.text import slugify
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
 from ml import triage
+from ml.labels import age_band
 
 DISCLAIMER = (
     "Screening aid only, not a diagnosis. This result comes from a machine-learning model, not from a "
@@ -34,14 +36,21 @@ def _model_card(path: Path, mtime: float) -> dict:
     return json.loads(path.read_text())
 
 
-def model_card_figures(version: str) -> dict | None:
-    """Test accuracy and balanced accuracy of a model version, from the shipped metrics.json; None when the
-    card is missing or belongs to another version (an analysis made by an older model)."""
+def _card_of(version: str) -> dict | None:
+    """The shipped metrics.json if it is that model version's; None when it is missing or belongs to another
+    version (an analysis made by an older model)."""
     path = Path(settings.MODEL_METRICS)
     if not path.exists():
         return None
     card = _model_card(path, path.stat().st_mtime)
-    if card.get("model_version") != version:
+    return card if card.get("model_version") == version else None
+
+
+def model_card_figures(version: str) -> dict | None:
+    """Test accuracy and balanced accuracy of a model version, from the shipped metrics.json; None without
+    that version's card."""
+    card = _card_of(version)
+    if card is None:
         return None
     return {
         "accuracy": card["test"]["accuracy"],
@@ -49,6 +58,35 @@ def model_card_figures(version: str) -> dict | None:
         "melanoma_recall": card["test"]["melanoma_recall"],
         "n": card["test"]["n"],
     }
+
+
+def years_between(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def similar_lesions(analysis: Analysis) -> list[dict]:
+    """What the model card measured on the test lesions most like this one: those on the same body site, of
+    patients of the same sex, and of the same age band when the image was taken (ml.evaluate's figures by
+    patient and lesion). A group the case does not name (unknown site, sex or birth date) or the card lacks is
+    left out; empty without that version's card."""
+    card = _card_of(analysis.model_version)
+    groups = (card or {}).get("subgroups") or {}
+    image = analysis.image
+    case, patient = image.case, image.case.patient
+    taken = timezone.localtime(image.captured_at or image.uploaded_at, ZoneInfo(patient.clinic.time_zone)).date()
+    age = years_between(patient.date_of_birth, taken) if patient.date_of_birth else None
+    band = age_band(age)
+    wanted = [
+        ("body_site", case.body_site, case.get_body_site_display()),
+        ("sex", patient.sex, patient.get_sex_display()),
+        ("age", band, f"Aged {band}"),
+    ]
+    found = []
+    for key, group, words in wanted:
+        row = next((r for r in groups.get(key, []) if r["group"] == group and group != "unknown"), None)
+        if row:
+            found.append({"words": words, **row})
+    return found
 
 
 TIER_MEANING = {
@@ -195,6 +233,7 @@ def render_pdf(analysis: Analysis) -> bytes:
             "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
             "flagged_warning": FLAGGED_WARNING,
             "card": model_card_figures(analysis.model_version),
+            "similar": similar_lesions(analysis),
             "disclaimer": DISCLAIMER,
             "footer_css": mark_safe(css_string(_CONTROL_CHARACTERS.sub(" ", footer))),
         },

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from . import data, paths  # noqa: E402
 from .inference import ORIGINAL_ONLY, Classifier, model_metadata, served_views  # noqa: E402
-from .labels import CLASSES, FULL_NAMES  # noqa: E402
+from .labels import AGE_BANDS, CLASSES, FULL_NAMES, age_band  # noqa: E402
 from .metrics import MIN_AUC_CASES, by_group, softmax, summary  # noqa: E402
 from .predict import predict_files, write_csv  # noqa: E402
 
@@ -279,8 +279,6 @@ def comparison_lines(meta: dict, comparison: dict) -> list[str]:
     return lines
 
 
-AGE_BANDS = ("under 30", "30-49", "50-69", "70 and over")
-
 # The test images described by their metadata (ml.data.DESCRIPTIONS): (key in metrics.json, heading, the
 # metadata's words for the groups -> the card's, in the card's order; None keeps the metadata's own, largest first).
 GROUPINGS = (
@@ -299,12 +297,6 @@ GROUPINGS = (
     ("body_site", "Body site", None),
 )
 MIN_NAMED_MELANOMAS = 10  # the card's limits name the groups with the lowest melanoma recall among those with this many
-
-
-def age_band(age: float) -> str:
-    if pd.isna(age):
-        return "unknown"
-    return AGE_BANDS[int(np.searchsorted([30, 50, 70], age, side="right"))]
 
 
 def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray) -> dict[str, list[dict]]:

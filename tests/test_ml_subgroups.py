@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ml import data, evaluate, paths
-from ml.labels import CLASSES
+from ml.labels import CLASSES, age_band
 
 from .test_ml_pipeline import synthetic_ham
 
@@ -66,7 +66,7 @@ def test_the_groups_cover_every_test_image_in_the_cards_words(described):
         "histopathology": int(np.sum(test["dx"] != "nv")),
         "follow-up": int(np.sum(test["dx"] == "nv")),
     }
-    bands = [evaluate.age_band(a) for a in test["age"]]
+    bands = [age_band(a) for a in test["age"]]
     ages = [r["group"] for r in groups["age"]]
     assert ages == [b for b in ("under 30", "30-49", "50-69", "70 and over", "unknown") if b in bands]
     assert {r["group"]: r["images"] for r in groups["age"]} == {b: bands.count(b) for b in set(bands)}
@@ -77,7 +77,7 @@ def test_the_groups_cover_every_test_image_in_the_cards_words(described):
     [(0, "under 30"), (29, "under 30"), (30, "30-49"), (69, "50-69"), (70, "70 and over"), (np.nan, "unknown")],
 )
 def test_age_bands(age, band):
-    assert evaluate.age_band(age) == band
+    assert age_band(age) == band
 
 
 def group(name, melanomas, found):

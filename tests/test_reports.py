@@ -5,7 +5,7 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
@@ -97,6 +97,81 @@ def test_a_model_version_without_its_card_says_so_rather_than_showing_numbers(do
     settings.MODEL_METRICS = tmp_path / "missing.json"
     text = body_text(reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk)))
     assert "measured accuracy is not shown" in text
+
+
+def group_row(group, images, accuracy, melanomas, found):
+    return {
+        "group": group,
+        "images": images,
+        "accuracy": accuracy,
+        "melanomas": melanomas,
+        "melanomas_found": found,
+        "malignant": melanomas,
+        "malignant_found": found,
+        "melanoma_auc": None,
+    }
+
+
+SUBGROUPS = {
+    "body_site": [group_row("back", 405, 0.7654, 62, 39), group_row("face", 135, 0.637, 20, 8)],
+    "sex": [group_row("male", 1074, 0.752, 141, 77), group_row("female", 907, 0.8357, 79, 50)],
+    "age": [
+        group_row("under 30", 120, 0.858, 5, 4),
+        group_row("30-49", 706, 0.85, 41, 16),
+        group_row("50-69", 738, 0.78, 86, 50),
+        group_row("unknown", 12, 1.0, 0, 0),
+    ],
+}
+
+
+@pytest.fixture
+def card_with_groups(done_analysis, settings):
+    card = json.loads(Path(settings.MODEL_METRICS).read_text())
+    Path(settings.MODEL_METRICS).write_text(json.dumps({**card, "subgroups": SUBGROUPS}))
+    return done_analysis
+
+
+def test_the_report_gives_the_cards_figures_for_test_lesions_like_this_one(card_with_groups):
+    pdf = reports.render_pdf(Analysis.objects.get(pk=card_with_groups.pk))
+    text = body_text(pdf)
+    # A lesion on the back of a woman born in 1970, photographed now: in her fifties or sixties.
+    assert (
+        "Test lesions like this one images accuracy melanomas found Back 405 0.765 39 of 62 Female 907 0.836 50 of 79 "
+        "Aged 50-69 738 0.780 50 of 86" in text
+    )
+    assert "Page 1 of 1" in " ".join(pdf_text(pdf).split())  # still one page
+
+
+def test_the_age_band_is_the_patients_age_when_the_image_was_taken(card_with_groups):
+    image = card_with_groups.image  # the patient was born on 1 May 1970
+    for taken, band in (
+        (datetime(2000, 4, 30, 12, tzinfo=UTC), "under 30"),
+        (datetime(2000, 5, 1, 12, tzinfo=UTC), "30-49"),
+    ):
+        image.captured_at = taken
+        image.save()
+        groups = reports.similar_lesions(Analysis.objects.get(pk=card_with_groups.pk))
+        assert [g["group"] for g in groups] == ["back", "female", band]
+    assert reports.years_between(date(2000, 2, 29), date(2001, 2, 28)) == 0
+
+
+def test_groups_the_case_does_not_name_or_the_card_lacks_are_left_out(card_with_groups):
+    analysis = Analysis.objects.get(pk=card_with_groups.pk)
+    case, patient = analysis.image.case, analysis.image.case.patient
+    case.body_site = "scalp"  # not among the card's sites
+    case.save()
+    patient.sex, patient.date_of_birth = "unknown", None
+    patient.save()
+    assert reports.similar_lesions(Analysis.objects.get(pk=analysis.pk)) == []
+    text = body_text(reports.render_pdf(Analysis.objects.get(pk=analysis.pk)))
+    assert "test lesions like this one" not in text and "accuracy 0.812" in text
+
+
+def test_another_model_versions_groups_are_not_shown(card_with_groups):
+    analysis = Analysis.objects.get(pk=card_with_groups.pk)
+    assert [g["group"] for g in reports.similar_lesions(analysis)] == ["back", "female", "50-69"]
+    analysis.model_version = "mnv2-an-older-version"
+    assert reports.similar_lesions(analysis) == []
 
 
 @pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler's pdftoppm is not installed")
