@@ -30,7 +30,7 @@ from analysis.forms import (
     UploadForm,
 )
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
-from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, triage_summary
+from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, similar_lesions, triage_summary
 from analysis.services import removing_files_on_failure, submit_image
 from analysis.uploads import UploadRejected
 from workers.tasks import request_report
@@ -365,6 +365,7 @@ def analysis_detail(request, pk: int):
             "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
             "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
             "flagged_warning": FLAGGED_WARNING,
+            "similar": similar_lesions(analysis) if analysis.status == Analysis.Status.DONE else [],
         },
     )
 

@@ -1,8 +1,10 @@
 """The clinic staff pages: who sees what, what a form stores, what an upload refuses."""
 
 import io
+import json
+import re
 import zoneinfo
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -299,6 +301,32 @@ def test_analysis_page_shows_the_full_result_with_the_disclaimer_first(client, s
     for text in ["Melanoma", "81.0%", "Malignant", "test-model-1", "Melanocytic nevus", "Dermatofibroma"]:
         assert text in html, text
     assert html.count('class="bar"') == 7
+
+
+def test_analysis_page_gives_the_cards_figures_for_test_lesions_like_this_one(
+    client, staff, analysis, settings, tmp_path
+):
+    from tests.test_reports import SUBGROUPS
+
+    patient = analysis.image.case.patient
+    patient.sex, patient.date_of_birth = "male", date(1990, 6, 1)
+    patient.save()
+    analysis.image.captured_at = datetime(2022, 3, 1, 12, tzinfo=UTC)  # aged 31 then
+    analysis.image.save()
+    card = tmp_path / "metrics.json"
+    card.write_text(json.dumps({"model_version": "test-model-1", "test": {}, "subgroups": SUBGROUPS}))
+    settings.MODEL_METRICS = card
+    client.force_login(staff)
+    url = reverse("analysis-detail", args=[analysis.pk])
+    assert 'id="similar"' not in client.get(url).content.decode()  # no result yet, no figures beside it
+    finish(analysis)
+    html = client.get(url).content.decode()
+    rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", html)
+    assert rows == [
+        ("Back", "405", "0.765", "39 of 62"),
+        ("Male", "1074", "0.752", "77 of 141"),
+        ("Aged 30-49", "706", "0.850", "16 of 41"),
+    ]
 
 
 def test_opening_a_done_analysis_is_remembered_once(client, staff, colleague, done_analysis):
