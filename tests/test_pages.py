@@ -327,6 +327,10 @@ def test_analysis_page_gives_the_cards_figures_for_test_lesions_like_this_one(
         ("Male", "1074", "0.752", "77 of 141"),
         ("Aged 30-49", "706", "0.850", "16 of 41"),
     ]
+    analysis.image.case.body_site = "hand"  # a site where the test part held no melanoma
+    analysis.image.case.save()
+    html = client.get(url).content.decode()
+    assert '<tr><th scope="row">Hand</th><td>19</td><td>0.842</td><td>no melanomas</td></tr>' in html
 
 
 def test_opening_a_done_analysis_is_remembered_once(client, staff, colleague, done_analysis):

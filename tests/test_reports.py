@@ -113,7 +113,11 @@ def group_row(group, images, accuracy, melanomas, found):
 
 
 SUBGROUPS = {
-    "body_site": [group_row("back", 405, 0.7654, 62, 39), group_row("face", 135, 0.637, 20, 8)],
+    "body_site": [
+        group_row("back", 405, 0.7654, 62, 39),
+        group_row("face", 135, 0.637, 20, 8),
+        group_row("hand", 19, 0.842, 0, 0),
+    ],
     "sex": [group_row("male", 1074, 0.752, 141, 77), group_row("female", 907, 0.8357, 79, 50)],
     "age": [
         group_row("under 30", 120, 0.858, 5, 4),
