@@ -318,8 +318,8 @@ def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray) -> dict[str,
     return out
 
 
-def _found(hits: int, n: int) -> str:
-    return f"{fmt(hits / n)} ({hits}/{n})" if n else "—"
+def _rate_or_dash(r: dict) -> str:
+    return _rate(r) if r["n"] else "—"
 
 
 def subgroup_lines(groups: dict[str, list[dict]]) -> list[str]:
@@ -329,7 +329,9 @@ def subgroup_lines(groups: dict[str, list[dict]]) -> list[str]:
     lines = [
         "## By patient and lesion (test)",
         "",
-        "The served decisions on the test images, grouped by what HAM10000's metadata says of them. Melanoma AUC ranks "
+        "The served decisions on the test images, grouped by what HAM10000's metadata says of them. Recall and "
+        "sensitivity come with their count and 95% interval: a group of a few dozen melanomas pins them down only "
+        "loosely. Melanoma AUC ranks "
         f"melanoma against every other lesion in the group, shown where it holds at least {MIN_AUC_CASES} of each. "
         "In HAM10000 every melanoma, basal cell carcinoma and actinic keratosis was confirmed by histopathology, and "
         "every lesion confirmed by follow-up is a nevus, so the histopathology rows are the hard cases.",
@@ -340,8 +342,8 @@ def subgroup_lines(groups: dict[str, list[dict]]) -> list[str]:
             f"| {heading.lower()} | images | accuracy | melanoma recall | melanoma AUC | malignant sensitivity |",
             "|---|---|---|---|---|---|",
             *[
-                f"| {r['group']} | {r['images']} | {fmt(r['accuracy'])} | {_found(r['melanomas_found'], r['melanomas'])} "
-                f"| {fmt(r['melanoma_auc'])} | {_found(r['malignant_found'], r['malignant'])} |"
+                f"| {r['group']} | {r['images']} | {fmt(r['accuracy'])} | {_rate_or_dash(r['melanoma_recall'])} "
+                f"| {fmt(r['melanoma_auc'])} | {_rate_or_dash(r['malignant_sensitivity'])} |"
                 for r in groups[key]
             ],
             "",
@@ -352,17 +354,15 @@ def subgroup_lines(groups: dict[str, list[dict]]) -> list[str]:
 def weakest_groups_line(groups: dict[str, list[dict]]) -> list[str]:
     """A limits bullet naming the groups with the lowest melanoma recall (among those with enough melanomas)."""
     named = [
-        (r["melanomas_found"] / r["melanomas"], heading.lower(), r)
+        (r["melanoma_recall"]["value"], heading.lower(), r)
         for key, heading, _ in GROUPINGS
         for r in groups.get(key, [])
-        if r["melanomas"] >= MIN_NAMED_MELANOMAS and r["group"] != "unknown"
+        if r["melanoma_recall"]["n"] >= MIN_NAMED_MELANOMAS and r["group"] != "unknown"
     ]
     if not named:
         return []
     worst = sorted(named, key=lambda t: t[0])[:3]
-    words = "; ".join(
-        f"{r['group']} ({heading}), {_found(r['melanomas_found'], r['melanomas'])}" for _, heading, r in worst
-    )
+    words = "; ".join(f"{r['group']} ({heading}), {_rate(r['melanoma_recall'])}" for _, heading, r in worst)
     return [
         f"- Lowest melanoma recall on test among groups with at least {MIN_NAMED_MELANOMAS} melanomas: {words} "
         "(see the section by patient and lesion)."

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from .labels import CLASSES, MALIGNANT_INDICES
+from .triage import rate
 
 MEL = CLASSES.index("mel")
 
@@ -142,30 +143,28 @@ MIN_AUC_CASES = 5  # a melanoma AUC on fewer melanomas (or fewer other lesions) 
 
 
 def by_group(y: np.ndarray, probs: np.ndarray, groups, order=None) -> list[dict]:
-    """The served decisions (argmax of ``probs``) within each value of ``groups`` (one per image): images and
-    accuracy, melanomas and how many were called melanoma, malignant lesions and how many were called one of the
-    malignant classes, and the melanoma AUC (melanoma against every other lesion there) where the group holds
-    at least ``MIN_AUC_CASES`` of each. Groups come in ``order`` where given, else largest first."""
+    """The served decisions (argmax of ``probs``) within each value of ``groups`` (one per image): images,
+    accuracy, melanoma recall and malignant sensitivity (``ml.triage.rate``: hits, n and 95% interval), and the
+    melanoma AUC (melanoma against every other lesion there) where the group holds at least ``MIN_AUC_CASES`` of
+    each. Groups come in ``order`` where given, else largest first."""
     groups = np.asarray(groups, dtype=object)
     pred = probs.argmax(axis=1)
+    is_mel, is_malignant = y == MEL, np.isin(y, MALIGNANT_INDICES)
+    called_mel, called_malignant = pred == MEL, np.isin(pred, MALIGNANT_INDICES)
     present = set(groups)
     names = [g for g in order if g in present] if order else sorted(present, key=lambda g: (-np.sum(groups == g), g))
     rows = []
     for name in names:
         inside = groups == name
-        melanoma, malignant = inside & (y == MEL), inside & np.isin(y, MALIGNANT_INDICES)
-        others = int(inside.sum() - melanoma.sum())
-        enough = min(melanoma.sum(), others) >= MIN_AUC_CASES
+        enough = min(np.sum(inside & is_mel), np.sum(inside & ~is_mel)) >= MIN_AUC_CASES
         rows.append(
             {
                 "group": name,
                 "images": int(inside.sum()),
                 "accuracy": float(np.mean(pred[inside] == y[inside])),
-                "melanomas": int(melanoma.sum()),
-                "melanomas_found": int(np.sum(pred[melanoma] == MEL)),
-                "malignant": int(malignant.sum()),
-                "malignant_found": int(np.isin(pred[malignant], MALIGNANT_INDICES).sum()),
-                "melanoma_auc": float(skm.roc_auc_score(y[inside] == MEL, probs[inside, MEL])) if enough else None,
+                "melanoma_recall": rate(called_mel, inside & is_mel),
+                "malignant_sensitivity": rate(called_malignant, inside & is_malignant),
+                "melanoma_auc": float(skm.roc_auc_score(is_mel[inside], probs[inside, MEL])) if enough else None,
             }
         )
     return rows

@@ -142,9 +142,14 @@ def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def rate(selected: np.ndarray, positives: np.ndarray) -> dict:
-    hits, n = int((selected & positives).sum()), int(positives.sum())
+def proportion(hits: int, n: int) -> dict:
+    """A measured proportion as the cards store it: value, hits, n and its 95% Wilson interval."""
     return {"value": hits / n if n else float("nan"), "hits": hits, "n": n, "ci95": wilson(hits, n)}
+
+
+def rate(selected: np.ndarray, positives: np.ndarray) -> dict:
+    """The share of ``positives`` that are ``selected`` (boolean masks over the same images)."""
+    return proportion(int((selected & positives).sum()), int(positives.sum()))
 
 
 def measure(triage: Triage, truth: np.ndarray, malignant: np.ndarray) -> dict:

@@ -10,6 +10,7 @@ import pytest
 from ml import data, evaluate, paths
 from ml.labels import CLASSES, age_band
 
+from .cards import group
 from .test_ml_pipeline import synthetic_ham
 
 
@@ -80,19 +81,6 @@ def test_age_bands(age, band):
     assert age_band(age) == band
 
 
-def group(name, melanomas, found):
-    return {
-        "group": name,
-        "images": 100,
-        "accuracy": 0.8,
-        "melanomas": melanomas,
-        "melanomas_found": found,
-        "malignant": melanomas,
-        "malignant_found": found,
-        "melanoma_auc": None,
-    }
-
-
 def test_the_limits_name_the_lowest_melanoma_recall_among_groups_with_enough_melanomas():
     groups = {
         "confirmed_by": [group("histopathology", 40, 30)],
@@ -101,11 +89,13 @@ def test_the_limits_name_the_lowest_melanoma_recall_among_groups_with_enough_mel
         "body_site": [group("face", 10, 5), group("back", 30, 27)],
     }
     (line,) = evaluate.weakest_groups_line(groups)
-    assert "male (sex), 0.400 (8/20); face (body site), 0.500 (5/10); histopathology (how the diagnosis was" in line
+    assert "male (sex), 0.400 (8/20, 0.22-0.61); face (body site), 0.500 (5/10, 0.24-0.76); histopathology (how" in line
     assert "back" not in line and "30-49" not in line and "unknown" not in line
     section = "\n".join(evaluate.subgroup_lines(groups))
-    assert "| male | 100 | 0.800 | 0.400 (8/20) | — | 0.400 (8/20) |" in section
-    assert "| 30-49 | 100 | 0.800 | 0.000 (0/9) |" in section
+    assert "| male | 100 | 0.800 | 0.400 (8/20, 0.22-0.61) | — | 0.400 (8/20, 0.22-0.61) |" in section
+    assert "| 30-49 | 100 | 0.800 | 0.000 (0/9, 0.00-0.30) |" in section
+    assert "| unknown | 100 | 0.800 | 0.083 (1/12, 0.01-0.35) |" in section
+    assert "| nobody | 100 | 0.800 | — | — | — |" in evaluate.subgroup_lines({**groups, "sex": [group("nobody", 0, 0)]})
 
 
 def test_the_shipped_cards_groups_add_up_to_its_test_figures():
@@ -115,6 +105,6 @@ def test_the_shipped_cards_groups_add_up_to_its_test_figures():
     assert set(metrics["subgroups"]) == {key for key, _, _ in evaluate.GROUPINGS}
     for rows in metrics["subgroups"].values():
         assert sum(r["images"] for r in rows) == test["n"]
-        assert sum(r["melanomas"] for r in rows) == melanomas
-        assert sum(r["melanomas_found"] for r in rows) == round(test["melanoma_recall"] * melanomas)
+        assert sum(r["melanoma_recall"]["n"] for r in rows) == melanomas
+        assert sum(r["melanoma_recall"]["hits"] for r in rows) == round(test["melanoma_recall"] * melanomas)
         assert sum(r["accuracy"] * r["images"] for r in rows) == pytest.approx(test["accuracy"] * test["n"])

@@ -19,6 +19,7 @@ from pypdf import PdfReader
 from analysis import reports
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
+from tests.cards import group
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
 from workers import tasks
 
@@ -99,31 +100,18 @@ def test_a_model_version_without_its_card_says_so_rather_than_showing_numbers(do
     assert "measured accuracy is not shown" in text
 
 
-def group_row(group, images, accuracy, melanomas, found):
-    return {
-        "group": group,
-        "images": images,
-        "accuracy": accuracy,
-        "melanomas": melanomas,
-        "melanomas_found": found,
-        "malignant": melanomas,
-        "malignant_found": found,
-        "melanoma_auc": None,
-    }
-
-
 SUBGROUPS = {
     "body_site": [
-        group_row("back", 405, 0.7654, 62, 39),
-        group_row("face", 135, 0.637, 20, 8),
-        group_row("hand", 19, 0.842, 0, 0),
+        group("back", 62, 39, 405, 0.7654),
+        group("face", 20, 8, 135, 0.637),
+        group("hand", 0, 0, 19, 0.842),
     ],
-    "sex": [group_row("male", 1074, 0.752, 141, 77), group_row("female", 907, 0.8357, 79, 50)],
+    "sex": [group("male", 141, 77, 1074, 0.752), group("female", 79, 50, 907, 0.8357)],
     "age": [
-        group_row("under 30", 120, 0.858, 5, 4),
-        group_row("30-49", 706, 0.85, 41, 16),
-        group_row("50-69", 738, 0.78, 86, 50),
-        group_row("unknown", 12, 1.0, 0, 0),
+        group("under 30", 5, 4, 120, 0.858),
+        group("30-49", 41, 16, 706, 0.85),
+        group("50-69", 86, 50, 738, 0.78),
+        group("unknown", 0, 0, 12, 1.0),
     ],
 }
 
