@@ -84,4 +84,46 @@ def acquisition_augment(image: Image.Image, rng: np.random.Generator) -> Image.I
     return image
 
 
-AUGMENTATIONS = {"mild": random_augment, "acquisition": acquisition_augment}
+def frame_augment(image: Image.Image, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
+    """What whole-network training (``ml.train --recipe whole``) draws anew for every image in every epoch: a
+    quarter turn or none, a flip, a small free rotation, a random resized crop inside the frame (50-100% of the
+    area of the largest crop of the output's aspect, that aspect varied by up to 15%), then colour, light and
+    acquisition changes of the kinds :func:`acquisition_augment` makes. ``size`` (height, width): the crop is
+    resized straight to it (once, not twice); default: the image's own size."""
+    width, height = image.size
+    out_h, out_w = size or (height, width)
+    turns = int(rng.integers(4))
+    if turns:
+        image = image.transpose((Image.ROTATE_90, Image.ROTATE_180, Image.ROTATE_270)[turns - 1])
+    if rng.random() < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    angle = float(rng.uniform(-15, 15))
+    image = image.rotate(angle, resample=Image.BILINEAR)
+    # The largest box of the crop's aspect that the rotation leaves free of empty corners, centred.
+    w, h = image.size
+    theta = np.deg2rad(abs(angle))
+    aspect = out_w / out_h * float(np.exp(rng.uniform(np.log(1 / 1.15), np.log(1.15))))
+    box_w = min(w, h * aspect) / (np.cos(theta) + max(aspect, 1 / aspect) * np.sin(theta))
+    box_h = box_w / aspect
+    scale = float(np.sqrt(rng.uniform(0.5, 1.0)))  # of the side
+    crop_w, crop_h = box_w * scale, box_h * scale
+    # Anywhere inside that largest box.
+    cx = w / 2 + float(rng.uniform(-1, 1)) * (box_w - crop_w) / 2
+    cy = h / 2 + float(rng.uniform(-1, 1)) * (box_h - crop_h) / 2
+    box = (cx - crop_w / 2, cy - crop_h / 2, cx + crop_w / 2, cy + crop_h / 2)
+    image = image.resize((out_w, out_h), Image.BILINEAR, box=box)
+
+    image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.8, 1.2)))
+    image = ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.8, 1.2)))
+    image = ImageEnhance.Color(image).enhance(float(rng.uniform(0.75, 1.25)))
+    image = channel_gains(image, rng.uniform(0.92, 1.08, 3))
+    if rng.random() < 0.15:
+        image = fewer_pixels(image, float(rng.uniform(1.3, 2.0)))
+    if rng.random() < 0.15:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    if rng.random() < 0.2:
+        image = jpeg(image, int(rng.integers(40, 91)))
+    return image
+
+
+AUGMENTATIONS = {"mild": random_augment, "acquisition": acquisition_augment, "frame": frame_augment}

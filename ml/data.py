@@ -68,3 +68,52 @@ def calibration_paths(frame: pd.DataFrame, count: int = 200, seed: int = 0) -> l
     train = part(frame, "train")
     rng = np.random.default_rng(seed)
     return list(train["path"].to_numpy()[rng.choice(len(train), min(count, len(train)), replace=False)])
+
+
+EXTRA_COLUMNS = ("image_id", "lesion_id", "dx")
+
+
+def load_extra(extra_dir: str | Path) -> pd.DataFrame:
+    """A folder of extra training images in the ``isic_archive`` layout (``metadata.csv`` with image_id,
+    lesion_id, dx and optionally age, sex, localization; ``images/<image_id>.jpg``), as rows of the shape
+    :func:`load_dataset` gives, every one of them in the train part and its ``source`` the folder's name.
+    Raises ``FileNotFoundError`` for a folder without ``metadata.csv`` or with an image missing, and
+    ``ValueError`` for missing columns or an unknown class."""
+    extra_dir = Path(extra_dir)
+    metadata_file = extra_dir / "metadata.csv"
+    if not metadata_file.is_file():
+        raise FileNotFoundError(
+            f"{extra_dir} has no metadata.csv: an extra training folder needs metadata.csv "
+            f"({', '.join(EXTRA_COLUMNS)}) and images/<image_id>.jpg"
+        )
+    frame = pd.read_csv(metadata_file)
+    absent = [c for c in EXTRA_COLUMNS if c not in frame.columns]
+    if absent:
+        raise ValueError(f"{metadata_file} lacks the columns {absent}")
+    unknown = set(frame["dx"]) - set(CLASSES)
+    if unknown:
+        raise ValueError(f"unknown classes in {metadata_file}: {sorted(unknown)}")
+    frame = frame[[*EXTRA_COLUMNS, *(c for c in DESCRIPTIONS if c in frame.columns)]].copy()
+    frame["split"] = "train"
+    frame["label"] = frame["dx"].map(CLASSES.index).astype(int)
+    frame["path"] = [str(extra_dir / "images" / f"{i}.jpg") for i in frame["image_id"]]
+    missing = [p for p in frame["path"] if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images of {metadata_file} are missing, e.g. {missing[0]}")
+    frame["source"] = extra_dir.name
+    return frame
+
+
+def with_extra(frame: pd.DataFrame, extra_dirs) -> pd.DataFrame:
+    """``frame`` (from :func:`load_dataset`) with each extra folder's images added to the train part only.
+    Val and test stay the dataset's own. An extra image whose id or lesion is already in ``frame`` (or in an
+    earlier extra folder) is refused: it could carry a val or test lesion into training."""
+    frame = frame.assign(source=frame.get("source", "ham10000"))
+    for extra_dir in extra_dirs:
+        extra = load_extra(extra_dir)
+        for key in ("image_id", "lesion_id"):
+            shared = set(extra[key]) & set(frame[key])
+            if shared:
+                raise ValueError(f"{extra_dir} shares {len(shared)} {key}s with the data, e.g. {sorted(shared)[0]}")
+        frame = pd.concat([frame, extra], ignore_index=True)
+    return frame

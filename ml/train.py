@@ -38,7 +38,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from . import data, features, paths  # noqa: E402
+from . import checkpoint, data, features, paths, stream  # noqa: E402
+from .bench import machine  # noqa: E402
+from .checkpoint import restore  # noqa: E402
 from .export import deflate, round_to_half, to_int8_tflite, to_tflite  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import (  # noqa: E402
@@ -50,7 +52,7 @@ from .metrics import (  # noqa: E402
     summary,
 )
 from .model import build_classifier, fold_output_adjustment, set_trainable_from, split_model  # noqa: E402
-from .preprocess import HAM_SCALE, INPUT_SIZE  # noqa: E402
+from .preprocess import HAM_SCALE, INPUT_SIZE, preprocess  # noqa: E402
 
 log = logging.getLogger("ml.train")
 
@@ -111,6 +113,17 @@ class Recipe:
     # Weights rounded to float16 before the operating point is chosen, and stored so (ml/export.py): half the
     # file size; the model computes in float32 as before.
     half_precision: bool = True
+    # Whole-network training from the pixels (``cut`` None: nothing cached, see ``train_whole``): the first
+    # ``head_only_epochs`` train the head alone at ``head_learning_rate`` with the base frozen, so that a random
+    # head's gradients do not wreck the ImageNet filters; then every block trains at ``learning_rate``.
+    head_only_epochs: int = 0
+    head_learning_rate: float = 1e-3
+    # Images drawn per epoch (None: as many as the train part has), with replacement, each image with
+    # probability proportional to n_class ** -sample_power: 0 draws as the data is, 1 every class alike,
+    # 0.5 a class in proportion to the square root of its size. The balance is taken over the whole train part,
+    # extra folders included (``--extra-data``), so extra melanomas do not tilt it further.
+    epoch_images: int | None = None
+    sample_power: float = 0.0
 
 
 def recipe_cache_key(recipe: Recipe) -> str:
@@ -120,6 +133,24 @@ def recipe_cache_key(recipe: Recipe) -> str:
 
 RECIPES = {
     "improved": Recipe("improved"),
+    "whole": Recipe(
+        "whole",
+        cut=None,
+        trainable_from="Conv1",
+        epochs=12,
+        batch_size=32,
+        learning_rate=1e-4,
+        warmup_epochs=0,
+        head_only_epochs=1,
+        head_learning_rate=1e-3,
+        class_weight_power=0.0,  # balanced by sampling instead
+        epoch_images=6000,
+        sample_power=0.5,
+        augmentation="frame",
+        copies=0,
+        average_from=7,
+        patience=12,
+    ),
     "paper": Recipe(
         "paper",
         cut="block_9_add",
@@ -183,6 +214,55 @@ def running_mean(average: list | None, weights: list, count: int) -> list:
     if average is None:
         return [np.copy(w) for w in weights]
     return [a + (w - a) / count for a, w in zip(average, weights, strict=True)]
+
+
+@dataclass
+class Selection:
+    """Which weights a run keeps, decided after every epoch on val (``Recipe.select_on``, ``average_from``,
+    ``patience``). Plain data, so a checkpoint can hold it."""
+
+    best: float = -np.inf
+    best_weights: list | None = None
+    kept: int | None = None
+    stale: int = 0
+    average: list | None = None
+    stopped: bool = False
+
+    def judge(self, model, recipe: Recipe, epoch: int, predict_val, y_val: np.ndarray) -> dict:
+        """The epoch's val row. From ``average_from`` on, the candidate judged is the running mean of the
+        weights (``model`` is left holding the epoch's own weights, which training goes on from)."""
+        weights = candidate = model.get_weights()
+        if recipe.average_from and epoch >= recipe.average_from:
+            if self.average is None:  # from here on the candidates are averages: a single early epoch is not kept
+                self.best, self.best_weights, self.stale = -np.inf, None, 0
+            candidate = self.average = running_mean(self.average, weights, epoch - recipe.average_from + 1)
+            model.set_weights(self.average)  # judged on val as the average
+        val_probs = predict_val()
+        if candidate is not weights:
+            model.set_weights(weights)
+        m = summary(y_val, val_probs)
+        row = {
+            "epoch": epoch,
+            "val_loss": float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean()),
+            **{k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")},
+        }
+        if recipe.select_on:
+            score = -row["val_loss"] if recipe.select_on == "val_loss" else row[recipe.select_on]
+            if score > self.best:
+                self.best, self.best_weights, self.kept, self.stale = score, candidate, epoch, 0
+            else:
+                self.stale += 1
+                if self.stale >= recipe.patience:
+                    log.info("early stop: no better val %s for %d epochs", recipe.select_on, self.stale)
+                    self.stopped = True
+        return row
+
+    def keep_best(self, model, history: list, recipe: Recipe) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+            log.info(
+                "kept epoch %d: val %s %.4f", self.kept, recipe.select_on, history[self.kept - 1][recipe.select_on]
+            )
 
 
 def compiled(model: keras.Model):
@@ -267,8 +347,7 @@ def train(
 
     rng = np.random.default_rng(recipe.seed)
     val_x = np.asarray(val_inputs, np.float32)
-    history, best, best_weights, kept, stale = [], -np.inf, None, None, 0
-    average = None
+    history, selection = [], Selection()
     for epoch in range(1, recipe.epochs + 1):
         t0 = time.time()
         order = rng.permutation(len(y_train))
@@ -288,42 +367,50 @@ def train(
             losses.append(float(trained.train_on_batch(x, target, sample_weight=weight)))
             if s % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        weights = candidate = model.get_weights()
-        if recipe.average_from and epoch >= recipe.average_from:
-            if average is None:  # from here on the candidates are averages: a single early epoch is not kept
-                best, best_weights, stale = -np.inf, None, 0
-            candidate = average = running_mean(average, weights, epoch - recipe.average_from + 1)
-            model.set_weights(average)  # judged on val as the average
-        val_probs = trained.predict(val_x, batch_size=256, verbose=0)
-        if candidate is not weights:
-            model.set_weights(weights)  # training goes on from the last epoch's own weights
-        m = summary(y_val, val_probs)
-        row = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": float(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean()),
-            **{k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_recall")},
-            "seconds": round(time.time() - t0, 1),
-        }
+        row = selection.judge(model, recipe, epoch, lambda: trained.predict(val_x, batch_size=256, verbose=0), y_val)
+        row.update(train_loss=float(np.mean(losses)), seconds=round(time.time() - t0, 1))
         history.append(row)
         log.info("epoch %s", json.dumps(row))
-        if recipe.select_on:
-            score = -row["val_loss"] if recipe.select_on == "val_loss" else row[recipe.select_on]
-            if score > best:
-                best, best_weights, kept, stale = score, candidate, epoch, 0
-            else:
-                stale += 1
-                if stale >= recipe.patience:
-                    log.info("early stop: no better val %s for %d epochs", recipe.select_on, stale)
-                    break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-        log.info("kept epoch %d: val %s %.4f", kept, recipe.select_on, history[kept - 1][recipe.select_on])
+        if selection.stopped:
+            break
+    selection.keep_best(model, history, recipe)
+    return finish(
+        model,
+        recipe,
+        history,
+        selection.kept,
+        lambda: trained.predict(val_x, batch_size=256, verbose=0),
+        y_train,
+        y_val,
+        out,
+        frame,
+        data_dir,
+        started,
+    )
+
+
+def finish(
+    model,
+    recipe: Recipe,
+    history: list,
+    kept,
+    predict_val,
+    y_train,
+    y_val,
+    out: Path,
+    frame,
+    data_dir,
+    started: float,
+    **extra,
+) -> dict:
+    """After the last epoch (the kept weights in ``model``): round to float16, store the raw val logits, choose
+    the operating point and temperature on val, and save the files (``save``). ``predict_val()`` gives the
+    model's val probabilities; ``extra`` goes into the JSON."""
     if recipe.half_precision:
         round_to_half(model)  # the operating point is chosen on the weights that are shipped
 
-    result: dict = {"recipe": asdict(recipe), "history": history, "kept_epoch": kept}
-    val_probs = trained.predict(val_x, batch_size=256, verbose=0)
+    result: dict = {"recipe": asdict(recipe), "history": history, "kept_epoch": kept, **extra}
+    val_probs = predict_val()
     val_logits = np.log(np.clip(val_probs, 1e-12, None))
     # The raw val logits, for comparing runs and their combinations without loading each model again.
     out.mkdir(parents=True, exist_ok=True)
@@ -338,6 +425,172 @@ def train(
         images={p: int((frame["split"] == p).sum()) for p in ("train", "val", "test")},
     )
     return save(model, out, out_name(recipe), result, recipe.half_precision)
+
+
+def train_whole(
+    recipe: Recipe,
+    data_dir: Path,
+    weights: Path | None,
+    out: Path,
+    extra_data: list[Path] = (),
+    limit: int | None = None,
+    stop_after: int | None = None,
+    resume: dict | None = None,
+) -> dict | None:
+    """Train every block of the network from the pixels (a recipe with ``cut`` None), the train images
+    augmented anew every epoch (``ml.stream``), ``extra_data`` folders added to the train part only.
+
+    A checkpoint is written to ``out`` after every epoch (``ml.checkpoint``); ``resume`` (a checkpoint read back)
+    goes on after its epoch, and ends with the weights an uninterrupted run has. ``stop_after``: stop after that
+    epoch, leaving the checkpoint (returns None), as a run killed then would."""
+    started = time.time() - (resume["elapsed"] if resume else 0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(recipe.seed)  # the head's initial weights (a resumed run overwrites them)
+    frame = data.with_extra(data.load_dataset(data_dir), extra_data)
+    if limit:  # a quick smoke run on a few images per part and source
+        frame = frame.groupby(["split", "source"], group_keys=False).head(limit)
+    train_part, val_part = data.part(frame, "train"), data.part(frame, "val")
+    y_train, y_val = train_part["label"].to_numpy(), val_part["label"].to_numpy()
+    size = recipe.input_size
+    images = stream.decode(train_part["path"])
+    val_x = np.stack([preprocess(p, size) for p in val_part["path"]])
+    shares = stream.class_shares(y_train, recipe.sample_power)
+    log.info(
+        "train %d images (%s), val %d; classes drawn as %s",
+        len(y_train),
+        ", ".join(f"{k} {v}" for k, v in train_part["source"].value_counts().items()),
+        len(y_val),
+        ", ".join(f"{c} {p:.1%}" for c, p in zip(CLASSES, shares, strict=True)),
+    )
+
+    model = build_classifier(
+        weights,
+        size,
+        recipe.units,
+        recipe.dropout,
+        recipe.alpha,
+        recipe.seed if recipe.head_seed is None else recipe.head_seed,
+        recipe.freeze_batch_norm,
+        recipe.colour_constancy,
+    )
+    per_epoch = recipe.epoch_images or len(y_train)
+    steps = int(np.ceil(per_epoch / recipe.batch_size))
+    full_epochs = recipe.epochs - recipe.head_only_epochs
+    one_hot = np.eye(len(CLASSES), dtype=np.float32)
+    sample_weight = class_weights(y_train, recipe.class_weight_power)
+
+    def phase(epoch: int) -> str:
+        return "head" if epoch <= recipe.head_only_epochs else "whole"
+
+    def compile_for(name: str) -> None:
+        set_trainable_from(model, None if name == "head" else recipe.trainable_from, recipe.freeze_batch_norm)
+        if name == "head":
+            rate = recipe.head_learning_rate
+        else:
+            warmup = steps * recipe.warmup_epochs
+            rate = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=recipe.learning_rate / 20 if warmup else recipe.learning_rate,
+                decay_steps=max(steps * full_epochs - warmup, 1),
+                warmup_target=recipe.learning_rate if warmup else None,
+                warmup_steps=warmup,
+                alpha=recipe.final_learning_rate,
+            )
+        model.compile(
+            optimizer=keras.optimizers.Adam(rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        )
+
+    history, selection, first = [], Selection(), 1
+    if resume:
+        history, selection, first = resume["history"], resume["selection"], resume["epoch"] + 1
+    compile_for(phase(first))
+    if resume:
+        # The optimizer's state goes on within a phase; a new phase starts a new optimizer, as it does unbroken.
+        restore(model, resume, with_optimizer=phase(first) == resume["phase"])
+        log.info("resumed after epoch %d of %d", resume["epoch"], recipe.epochs)
+    predict_val = compiled(model)
+
+    def val_probs() -> np.ndarray:
+        return np.concatenate(
+            [keras.ops.convert_to_numpy(predict_val(val_x[i : i + 64])) for i in range(0, len(val_x), 64)]
+        )
+
+    rates = [row["images_per_second"] for row in history if "images_per_second" in row]
+    for epoch in range(first, recipe.epochs + 1):
+        if epoch > first and phase(epoch) != phase(epoch - 1):
+            compile_for(phase(epoch))
+        t0 = time.time()
+        order = stream.epoch_draw(y_train, recipe.epoch_images, recipe.sample_power, recipe.seed, epoch)
+        losses = []
+        bar = tqdm(total=len(order), desc=f"epoch {epoch}/{recipe.epochs} ({phase(epoch)})", unit="img", mininterval=10)
+        for x, idx in stream.batches(images, order, recipe.batch_size, size, recipe.augmentation, recipe.seed, epoch):
+            losses.append(float(model.train_on_batch(x, one_hot[y_train[idx]], sample_weight=sample_weight[idx])))
+            bar.update(len(idx))
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.close()
+        train_time = time.time() - t0
+        row = selection.judge(model, recipe, epoch, val_probs, y_val)
+        seconds = time.time() - t0
+        rates.append(len(order) / train_time)
+        # What is left at the rate of the epochs so far that trained the whole network (the head alone is faster).
+        rate = np.mean(
+            [r for r, row_ in zip(rates, [*history, row], strict=True) if phase(row_["epoch"]) == "whole"] or rates
+        )
+        left = (recipe.epochs - epoch) * (per_epoch / rate + seconds - train_time)
+        row.update(
+            phase=phase(epoch),
+            train_loss=float(np.mean(losses)),
+            images_per_second=round(len(order) / train_time, 1),
+            seconds=round(seconds, 1),
+            seconds_left=round(left),
+        )
+        history.append(row)
+        log.info("epoch %s", json.dumps(row))
+        checkpoint.write(
+            out,
+            {
+                "epoch": epoch,
+                "phase": phase(epoch),
+                "variables": checkpoint.variables(model),
+                "optimizer": checkpoint.optimizer_variables(model),
+                "history": history,
+                "selection": selection,
+                "elapsed": time.time() - started,
+                "recipe": asdict(recipe),
+                "args": {
+                    "data_dir": str(data_dir),
+                    "weights": str(weights) if weights else None,
+                    "extra_data": [str(d) for d in extra_data],
+                    "limit": limit,
+                },
+            },
+        )
+        if selection.stopped:
+            break
+        if stop_after is not None and epoch >= stop_after and epoch < recipe.epochs:
+            log.info("stopped after epoch %d: resume with --resume %s", epoch, out)
+            return None
+    selection.keep_best(model, history, recipe)
+    # The operating point's prior is the dataset's own train part, as ml.calibrate and ml.ensemble take it.
+    y_dataset = train_part.loc[train_part["source"] == "ham10000", "label"].to_numpy()
+    return finish(
+        model,
+        recipe,
+        history,
+        selection.kept,
+        val_probs,
+        y_dataset,
+        y_val,
+        out,
+        frame,
+        data_dir,
+        started,
+        extra_data=[
+            {"folder": str(d), "images": int((train_part["source"] == Path(d).name).sum())} for d in extra_data
+        ],
+        machine=machine(),
+    )
 
 
 def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.ndarray, recipe: Recipe) -> dict:
@@ -376,7 +629,13 @@ def save(model, out: Path, name: str, result: dict, half: bool = True, int8_cali
         keras_file, tflite_file, json_file = (
             Path(tmp) / f"{name}{suffix}" for suffix in (".keras", ".tflite", ".json")
         )
-        model.save(keras_file, include_optimizer=False)
+        stored = model
+        if getattr(model, "optimizer", None) is not None:
+            # A .keras file keeps a compiled model's optimizer state (Keras 3 ignores include_optimizer for it):
+            # whole-network training compiles the whole model, whose Adam moments would triple the file.
+            stored = keras.Model.from_config(model.get_config())  # clone_model would compile the copy too
+            stored.set_weights(model.get_weights())
+        stored.save(keras_file)
         if half:
             deflate(keras_file)
         files = [keras_file]
@@ -447,6 +706,19 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--copies", type=int)
     parser.add_argument("--limit", type=int, help="only N images per split part (smoke test)")
     parser.add_argument(
+        "--extra-data",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder in the isic_archive layout (metadata.csv, images/) added to the train part only; "
+        "repeatable; whole-network recipes only",
+    )
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="go on with the run whose checkpoint is in RUN_DIR (its --out)"
+    )
+    parser.add_argument("--stop-after", type=int, metavar="EPOCH", help="stop after this epoch, to --resume later")
+    parser.add_argument(
         "--set",
         type=recipe_setting,
         action="append",
@@ -465,18 +737,43 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
 def main(argv: list[str] | None = None) -> None:
     parser = argument_parser()
     args = parser.parse_args(argv)
-    recipe = recipe_from(args)
-    out = args.out or (paths.MODELS_DIR if recipe.name == "improved" else paths.RUNS_DIR / recipe.name)
+    state = None
+    if args.resume:
+        try:
+            state = checkpoint.read(args.resume)
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        recipe = Recipe(**{**state["recipe"], "input_size": tuple(state["recipe"]["input_size"])})
+        out = args.resume
+        started = state["args"]
+        args.data_dir, args.limit = Path(started["data_dir"]), started["limit"]
+        args.weights = Path(started["weights"]) if started["weights"] else None
+        args.extra_data = [Path(d) for d in started["extra_data"]]
+    else:
+        recipe = recipe_from(args)
+        out = args.out or (paths.MODELS_DIR if recipe.name == "improved" else paths.RUNS_DIR / recipe.name)
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(out / f"{out_name(recipe)}.train.log", mode="w")],
+        handlers=[
+            logging.StreamHandler(),
+            logging.FileHandler(out / f"{out_name(recipe)}.train.log", mode="a" if state else "w"),
+        ],
     )
-    for required in (args.data_dir, args.weights):
+    for required in (args.data_dir, args.weights, *args.extra_data):
         if not required.exists():
             parser.error(f"{required} does not exist")
-    train(recipe, args.data_dir, args.weights, out, args.cache_dir, args.limit)
+    for extra in args.extra_data:
+        if not (extra / "metadata.csv").is_file():
+            parser.error(f"{extra} has no metadata.csv: an extra training folder needs metadata.csv and images/")
+    if recipe.cut is None:
+        log.info("%s", machine())
+        train_whole(recipe, args.data_dir, args.weights, out, args.extra_data, args.limit, args.stop_after, state)
+    elif args.extra_data or args.resume or args.stop_after:
+        parser.error("--extra-data, --resume and --stop-after are for whole-network recipes (--recipe whole)")
+    else:
+        train(recipe, args.data_dir, args.weights, out, args.cache_dir, args.limit)
 
 
 if __name__ == "__main__":
