@@ -51,7 +51,7 @@ class SkinsiteUserAdmin(UserAdmin):
 
 @admin.register(Clinic)
 class ClinicAdmin(admin.ModelAdmin):
-    list_display = ["name", "time_zone", "created_at"]
+    list_display = ["name", "time_zone", "mrn_system", "created_at"]
     search_fields = ["name"]
 
 

@@ -27,7 +27,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from analysis import audit
+from analysis import audit, fhir
 from analysis.access import clinic_for, for_clinic
 from analysis.classes import CLASS_CODES
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
@@ -35,7 +35,13 @@ from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
-from analysis.views import heatmap_response, lockout_message, report_response
+from analysis.views import (
+    analysis_fhir_response,
+    heatmap_response,
+    lockout_message,
+    patient_fhir_response,
+    report_response,
+)
 
 # Room for the multipart boundaries and the small fields around one image at the size limit.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -144,6 +150,34 @@ class ClinicMemberField(serializers.PrimaryKeyRelatedField):
         return get_user_model().objects.filter(membership__clinic=clinic, is_active=True)
 
 
+# One schema component for every "not here" answer: two inline serializers of one name would clash.
+NOT_FOUND = inline_serializer("NotFound", {"detail": serializers.CharField()})
+
+
+class FHIRRenderer(renderers.JSONRenderer):
+    """Lets a client ask for `Accept: application/fhir+json`; the Bundle itself is written by the view."""
+
+    media_type = fhir.MEDIA_TYPE
+    format = "fhir"
+
+
+FHIR_RENDERERS = [FHIRRenderer, renderers.JSONRenderer]
+
+
+def fhir_responses(what: str) -> dict:
+    return {
+        (200, fhir.MEDIA_TYPE): OpenApiResponse(
+            OpenApiTypes.OBJECT, description=f"A FHIR R4 Bundle (type collection) of {what}."
+        ),
+        404: OpenApiResponse(NOT_FOUND, description="No such record in your clinic."),
+        (409, fhir.MEDIA_TYPE): OpenApiResponse(
+            OpenApiTypes.OBJECT,
+            description="Nothing finished to export yet (not done, or its PDF report is still being written): a "
+            "FHIR OperationOutcome saying which.",
+        ),
+    }
+
+
 # Patients
 
 
@@ -223,6 +257,13 @@ class PatientViewSet(ClinicRecordViewSet):
     def perform_create(self, serializer):
         serializer.save(clinic=clinic_for(self.request.user))
         audit.record(self.request, audit.Action.CREATED, serializer.instance)
+
+    @extend_schema(responses=fhir_responses("every done analysis of the patient"))
+    @action(detail=True, renderer_classes=FHIR_RENDERERS)
+    def fhir(self, request, pk=None, format=None):
+        """Every done analysis of the patient in one FHIR R4 Bundle; 409 while there is none (or one still waits
+        for its PDF report)."""
+        return patient_fhir_response(request, self.get_object())
 
 
 # Cases
@@ -485,10 +526,6 @@ class PDFRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
-# One schema component for every "not here" answer: two inline serializers of one name would clash.
-NOT_FOUND = inline_serializer("NotFound", {"detail": serializers.CharField()})
-
-
 def file_responses(media_type: str, found: str, not_found: str) -> dict:
     """The schema of an endpoint that streams a file, or answers 404 with a JSON reason."""
     return {
@@ -533,6 +570,14 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
     def heatmap(self, request, pk=None, format=None):  # format: the router's suffix route (heatmap.png)
         """The Grad-CAM heatmap of the predicted class over the image (PNG); 404 until the analysis is done."""
         return heatmap_response(request, self.get_object())
+
+    @extend_schema(responses=fhir_responses("the analysis: patient, clinic, image, report and observations"))
+    @action(detail=True, renderer_classes=FHIR_RENDERERS)
+    def fhir(self, request, pk=None, format=None):
+        """The done analysis as a FHIR R4 Bundle for a record system (EHR): the Patient, the clinic, the image
+        as Media, a DiagnosticReport with the PDF, an Observation per class probability and one for the triage
+        tier. 409 until the analysis is done and its report written."""
+        return analysis_fhir_response(request, self.get_object())
 
 
 # The audit trail

@@ -7,6 +7,7 @@ query a staff member can reach with it.
 """
 
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -39,11 +40,24 @@ def validate_time_zone(value: str) -> None:
         raise ValidationError(f"{value!r} is not a known time zone, e.g. Europe/Vienna") from None
 
 
+def validate_uri(value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", value):
+        raise ValidationError(f"{value!r} is not a URI, e.g. urn:oid:1.2.3.4 or https://ehr.example.org/mrn")
+
+
 class Clinic(models.Model):
     clinic_lookup = "pk"
 
     name = models.CharField(max_length=200, unique=True)
     time_zone = models.CharField(max_length=64, default=default_time_zone, validators=[validate_time_zone])
+    mrn_system = models.CharField(
+        "MRN identifier system",
+        max_length=255,
+        blank=True,
+        validators=[validate_uri],
+        help_text="The URI under which this clinic's record system (EHR) issues medical record numbers, for the "
+        "FHIR export; blank for one of skinsite's own.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -51,6 +65,11 @@ class Clinic(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def mrn_identifier_system(self) -> str:
+        """The identifier system of this clinic's MRNs in FHIR exports."""
+        return self.mrn_system or f"urn:skinsite:fhir:clinic:{self.pk}:mrn"
 
 
 class Membership(models.Model):

@@ -1,5 +1,6 @@
 """The clinic staff pages. Every row comes through analysis/access.py: another clinic's id is a 404."""
 
+import json
 import mimetypes
 from urllib.parse import urlencode
 
@@ -18,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from analysis import audit
+from analysis import audit, fhir
 from analysis.access import clinic_for, for_clinic, get_for_clinic
 from analysis.forms import (
     AnalysisFilterForm,
@@ -320,6 +321,58 @@ def report_response(request, analysis: Analysis) -> FileResponse:
         content_type="application/pdf",
         headers=PRIVATE_FILE_HEADERS,
     )
+
+
+def fhir_file(request, bundle: dict, filename: str) -> HttpResponse:
+    """A FHIR Bundle as a download of patient data."""
+    return HttpResponse(
+        json.dumps(bundle, ensure_ascii=False, indent=1),
+        content_type=f"{fhir.MEDIA_TYPE}; charset=utf-8; fhirVersion=4.0",
+        headers={**PRIVATE_FILE_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def fhir_refused(refused: fhir.NotExportable) -> HttpResponse:
+    """409 with FHIR's OperationOutcome saying why there is nothing to export yet; a done analysis whose report
+    is missing asks the workers for it, so that asking again soon succeeds."""
+    if refused.waiting_for_report is not None:
+        request_report(refused.waiting_for_report.pk)
+    return HttpResponse(
+        json.dumps(fhir.operation_outcome(str(refused))),
+        status=409,
+        content_type=f"{fhir.MEDIA_TYPE}; charset=utf-8",
+        headers={"Cache-Control": "private, no-store"},
+    )
+
+
+def analysis_fhir_response(request, analysis: Analysis) -> HttpResponse:
+    """One done analysis as a FHIR R4 Bundle, recorded in the audit trail; 409 while it is not done or its
+    report is not written. The page and the API both answer through here, with the analysis already scoped."""
+    try:
+        bundle = fhir.analysis_bundle(analysis)
+    except fhir.NotExportable as refused:
+        return fhir_refused(refused)
+    audit.record(request, audit.Action.DOWNLOADED, analysis, description=f"FHIR R4 export of analysis {analysis.pk}")
+    return fhir_file(request, bundle, file_name(analysis).removesuffix(".pdf") + ".fhir.json")
+
+
+def patient_fhir_response(request, patient: Patient) -> HttpResponse:
+    """Every done analysis of a patient (of the caller's clinic) as one FHIR R4 Bundle, recorded in the audit
+    trail; 409 when there is none yet."""
+    analyses = for_clinic(request.user, Analysis).filter(image__case__patient=patient)
+    try:
+        bundle, count = fhir.patient_bundle(patient, analyses.select_related("image__case__patient__clinic"))
+    except fhir.NotExportable as refused:
+        return fhir_refused(refused)
+    audit.record(request, audit.Action.DOWNLOADED, patient, description=f"FHIR R4 export of {count} analyses"[:255])
+    return fhir_file(request, bundle, f"skinsite-patient-{patient.pk}.fhir.json")
+
+
+@login_required
+def analysis_fhir(request, pk: int):
+    """An analysis as a FHIR R4 Bundle (application/fhir+json), for staff of its clinic only."""
+    analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient__clinic"), pk=pk)
+    return analysis_fhir_response(request, analysis)
 
 
 @login_required

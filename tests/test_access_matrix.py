@@ -99,6 +99,7 @@ MATRIX = {
     "analysis-status": (a("analysis"), CLINIC_ROW),
     "analysis-report": (a("analysis"), CLINIC_ROW),
     "analysis-heatmap": (a("analysis"), CLINIC_ROW),
+    "analysis-fhir": (a("analysis"), CLINIC_ROW),
     "audit-log": (none, CLINIC_ADMIN_ONLY),
     "api:api-root": (none, API_LIST),
     "api:token": (none, everyone(405)),  # POST only; tests/test_login_throttle.py
@@ -115,6 +116,8 @@ MATRIX = {
     "api:analysis-detail": (a("analysis"), API_ROW),
     "api:analysis-report": (a("analysis"), API_ROW),
     "api:analysis-heatmap": (a("analysis"), API_ROW),
+    "api:analysis-fhir": (a("analysis"), API_ROW),
+    "api:patient-fhir": (a("patient"), API_ROW),
     "api:audit-event-list": (none, rule(401, 403, 403, 200, 403)),
     "login": (none, PUBLIC),
     "logout": (none, everyone(405)),  # POST only
@@ -270,7 +273,7 @@ def test_every_url_answers_each_role_as_the_matrix_says(world, role):
     rows = {name: (reverse(name, args=arguments(world)), expected) for name, (arguments, expected) in MATRIX.items()}
     rows |= admin_rows(world)
     # The API's format suffixes (/api/patients/1.json) reach the same views: they must answer alike.
-    for name in [name for name in MATRIX if re.fullmatch(r"api:[\w-]+-(list|detail|report|heatmap)", name)]:
+    for name in [name for name in MATRIX if re.fullmatch(r"api:[\w-]+-(list|detail|report|heatmap|fhir)", name)]:
         url, expected = rows[name]
         rows[f"{name} (.json)"] = (url.rstrip("/") + ".json", expected)
 

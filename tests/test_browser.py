@@ -4,7 +4,9 @@ Django server, a real Celery worker process with the shipped model, and Redis.
 Screenshots of the main pages go to artifacts/ (git ignores it).
 """
 
+import base64
 import io
+import json
 import os
 import shutil
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 from django.urls import reverse
+from fhir.resources.bundle import Bundle
 from PIL import Image, ImageDraw
 
 from analysis.models import Analysis, Case, Patient
@@ -171,6 +174,16 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
     assert Path(download.value.path()).read_bytes()[:5] == b"%PDF-"
     analysis.refresh_from_db()
     assert analysis.opened_by == staff
+    # Its FHIR record, revealed with the report: a valid R4 Bundle of this analysis, the PDF inside it
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download FHIR record").click()
+    assert download.value.suggested_filename.endswith(f"analysis-{analysis.pk}.fhir.json")
+    bundle = json.loads(Path(download.value.path()).read_text())
+    Bundle.parse_obj(bundle)
+    [report] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+    assert report["identifier"][0]["value"] == str(analysis.pk)
+    with analysis.report.open("rb") as handle:
+        assert base64.b64decode(report["presentedForm"][0]["data"]) == handle.read()
 
     # The patient's timeline and the past analyses, filtered
     page.goto(base + reverse("patient-detail", args=[patient.pk]))
@@ -201,6 +214,7 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
         reverse("analysis-status", args=[analysis.pk]),
         reverse("image-file", args=[analysis.image.pk]),
         reverse("analysis-report", args=[analysis.pk]),
+        reverse("analysis-fhir", args=[analysis.pk]),
     ]:
         response = outsider_page.request.get(base + url)
         assert response.status == 404, url

@@ -33,6 +33,8 @@
           var link = document.getElementById("report-link");
           link.href = data.report_url;
           link.hidden = false;
+          // The FHIR record holds the report, so it is ready when the report is.
+          document.getElementById("fhir-link").hidden = false;
           document.getElementById("report-pending").hidden = true;
           return;
         } else if (++reportTries > 300) {
