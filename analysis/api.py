@@ -33,6 +33,7 @@ from analysis.classes import CLASS_CODES
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
+from analysis.reports import tier_reason
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
 from analysis.views import (
@@ -434,6 +435,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
     report = serializers.SerializerMethodField()
     heatmap = serializers.SerializerMethodField()
     flagged = serializers.SerializerMethodField()
+    tier_reason = serializers.SerializerMethodField()
 
     class Meta:
         model = Analysis
@@ -449,6 +451,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "probabilities",
             "malignant_probability",
             "risk_tier",
+            "tier_reason",
             "flagged",
             "quality_flags",
             "model_version",
@@ -460,6 +463,21 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "heatmap",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "risk_tier": {
+                "help_text": "The headline answer: urgent, uncertain or routine (always uncertain for a "
+                "flagged image). The predicted class and its confidence are its detail."
+            },
+            "malignant": {
+                "help_text": "True when the malignant probability reaches the urgent threshold, whatever "
+                "the single most likely class; null until done."
+            },
+        }
+
+    def get_tier_reason(self, analysis: Analysis) -> str:
+        """Why the result is in its tier, in words, where the most likely class alone would tell another story
+        (urgent with a benign class, routine with a malignant one, a flagged image); empty otherwise."""
+        return tier_reason(analysis)
 
     @extend_schema_field(PROBABILITIES_SCHEMA)
     def get_probabilities(self, analysis: Analysis) -> dict[str, float] | None:

@@ -87,6 +87,12 @@ class UploadForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.case = case
 
+    def clean_captured_at(self):
+        taken = self.cleaned_data["captured_at"]
+        if taken is not None and taken > timezone.now():
+            raise forms.ValidationError("The time taken cannot be in the future.", code="future")
+        return taken
+
     def clean_images(self) -> list:
         files = self.cleaned_data["images"]
         errors = []
@@ -107,38 +113,55 @@ class UploadForm(forms.Form):
 
 
 class AnalysisFilterForm(forms.Form):
-    """The filters of the past analyses list; every field is optional and a bad value is ignored."""
+    """The filters of the past analyses list; every field is optional. A bad value is said next to its field and
+    only that filter is left out: the others still apply, as the form shows them."""
 
     date_from = forms.DateField(label="From", required=False, widget=DateInput())
     date_to = forms.DateField(label="To", required=False, widget=DateInput())
     predicted_class = forms.ChoiceField(
-        label="Predicted condition",
+        label="Most likely class",
         required=False,
         choices=[("", "Any")] + [(code, CLASS_NAMES[code]) for code in CLASS_CODES],
     )
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any")] + Analysis.Status.choices)
     risk_tier = forms.ChoiceField(label="Triage", required=False, choices=[("", "Any")] + Analysis.RiskTier.choices)
-    malignant = forms.BooleanField(label="Malignant only", required=False)
+    malignant = forms.BooleanField(
+        label="Suspicious for malignancy",
+        required=False,
+        help_text="The malignant classes together reach the urgent threshold, whatever the most likely class.",
+    )
     flagged = forms.BooleanField(label="Flagged images only", required=False)
-    patient = forms.CharField(label="Patient (name or MRN)", required=False, max_length=200)
+    patient = forms.CharField(
+        label="Patient (name or MRN)", required=False, max_length=200, help_text="Any part of a name or an MRN."
+    )
+
+    def clean(self):
+        data = super().clean()
+        first, last = data.get("date_from"), data.get("date_to")
+        if first and last and last < first:
+            self.add_error("date_to", "“To” is before “From”: no day lies between them. Swap the dates.")
+        return data
 
     def filter(self, qs):
-        if not self.is_valid():
+        if not self.is_bound:
             return qs
+        self.is_valid()  # cleans each field; a field with an error is absent from cleaned_data
         data = self.cleaned_data
-        qs = within_days(qs, "created_at", data["date_from"], data["date_to"])
-        if data["predicted_class"]:
+        if "date_to" in self.errors:  # before "from": no range to filter by, and the message says so
+            data.pop("date_from", None)
+        qs = within_days(qs, "created_at", data.get("date_from"), data.get("date_to"))
+        if data.get("predicted_class"):
             qs = qs.filter(predicted_class=data["predicted_class"])
-        if data["status"]:
+        if data.get("status"):
             qs = qs.filter(status=data["status"])
-        if data["risk_tier"]:
+        if data.get("risk_tier"):
             qs = qs.filter(risk_tier=data["risk_tier"])
-        if data["malignant"]:
+        if data.get("malignant"):
             qs = qs.filter(malignant=True)
-        if data["flagged"]:
+        if data.get("flagged"):
             qs = qs.filter(status=Analysis.Status.DONE).exclude(quality_flags=[])
-        if term := data["patient"].strip():
-            qs = qs.filter(Q(image__case__patient__name__icontains=term) | Q(image__case__patient__mrn__iexact=term))
+        if term := data.get("patient", "").strip():
+            qs = qs.filter(Q(image__case__patient__name__icontains=term) | Q(image__case__patient__mrn__icontains=term))
         return qs
 
 

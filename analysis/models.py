@@ -306,6 +306,8 @@ class Analysis(models.Model):
     )
     confidence = models.FloatField(null=True, blank=True)
     probabilities = models.JSONField(default=dict, blank=True)
+    # Suspicious for malignancy: malignant_probability at or above the urgent threshold (see result_fields);
+    # not "the top class is malignant", which the class itself says.
     malignant = models.BooleanField(null=True, blank=True)
     # mel + bcc + akiec, and the triage tier it falls in (thresholds chosen on val, ml/triage.py); a flagged
     # image is always "uncertain".
@@ -368,13 +370,17 @@ class Analysis(models.Model):
         probabilities = _checked_probabilities(probabilities)
         predicted = max(probabilities, key=probabilities.__getitem__)
         quality_flags = [str(flag) for flag in quality_flags]
+        rules = triage.load_triage()
+        malignant_probability = triage.malignant_probability(probabilities)
         return {
             "probabilities": probabilities,
             "predicted_class": predicted,
             "confidence": probabilities[predicted],
-            "malignant": predicted in MALIGNANT,
-            "malignant_probability": triage.malignant_probability(probabilities),
-            "risk_tier": triage.load_triage().tier(probabilities, flagged=bool(quality_flags)),
+            # One meaning of "malignant" everywhere: the malignant classes together reach the urgent threshold,
+            # whatever the single most likely class (so the "malignant" filter never hides an urgent result).
+            "malignant": malignant_probability >= rules.urgent_threshold,
+            "malignant_probability": malignant_probability,
+            "risk_tier": rules.tier(probabilities, flagged=bool(quality_flags)),
             "quality_flags": quality_flags,
         }
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 from django.utils.text import slugify
 
-from analysis.classes import CLASS_NAMES
+from analysis.classes import CLASS_NAMES, MALIGNANT
 from analysis.models import Analysis
 from ml import triage
 from ml.labels import age_band
@@ -104,6 +104,38 @@ FLAGGED_WARNING = (
 )
 
 
+def tier_reason(analysis: Analysis) -> str:
+    """Why the result sits in its tier, in words, where the most likely class alone would tell another story:
+    an urgent result whose single most likely class is benign, a routine one whose class is malignant, and a
+    flagged image (always uncertain, its class not to be relied on). Empty when the class agrees."""
+    if analysis.status != Analysis.Status.DONE or not analysis.risk_tier:
+        return ""
+    name = CLASS_NAMES[analysis.predicted_class]
+    together = (
+        f"melanoma, basal cell carcinoma and actinic keratosis together reach {analysis.malignant_probability:.1%}"
+    )
+    summary = triage_summary(analysis.model_version)
+    if analysis.flagged:
+        return (
+            "Uncertain because the quality check flagged the image: its most likely class "
+            f"({name}, {analysis.confidence:.1%}) is not to be relied on."
+        )
+    top_is_malignant = analysis.predicted_class in MALIGNANT
+    if analysis.risk_tier == Analysis.RiskTier.URGENT and not top_is_malignant:
+        threshold = f", at or above the urgent threshold of {summary['urgent_threshold']:.1%}" if summary else ""
+        return (
+            f"Urgent because {together}{threshold}, although the single most likely class ({name}, "
+            f"{analysis.confidence:.1%}) is benign."
+        )
+    if analysis.risk_tier == Analysis.RiskTier.ROUTINE and top_is_malignant:
+        threshold = f", below the routine threshold of {summary['routine_threshold']:.1%}" if summary else ""
+        return (
+            f"Routine because {together} only{threshold}, although the single most likely class ({name}, "
+            f"{analysis.confidence:.1%}) is malignant."
+        )
+    return ""
+
+
 def triage_summary(version: str) -> dict | None:
     """The triage thresholds and what they measured on the held-out test set, for the model version that made
     an analysis; None for another version (the thresholds belong to one model)."""
@@ -121,10 +153,18 @@ def _triage_sentence(summary: dict) -> str:
         f"Urgent from a malignant probability of {summary['urgent_threshold']:.1%}, routine below "
         f"{summary['routine_threshold']:.1%} (chosen on the validation set). On the held-out HAM10000 test set "
         f"({summary['test']['n']} images) the urgent tier caught {urgent['melanoma_sensitivity']['value']:.0%} of "
-        f"melanomas and {urgent['malignant_sensitivity']['value']:.0%} of malignant lesions (specificity "
-        f"{urgent['malignant_specificity']['value']:.0%}); urgent or uncertain caught "
-        f"{flagged_or_not_routine['malignant_sensitivity']['value']:.0%} of malignant lesions."
+        f"melanomas, whatever their most likely class, and {urgent['malignant_sensitivity']['value']:.0%} of "
+        f"malignant lesions (specificity {urgent['malignant_specificity']['value']:.0%}); urgent or uncertain "
+        f"caught {flagged_or_not_routine['malignant_sensitivity']['value']:.0%} of malignant lesions."
     )
+
+
+MELANOMA_FIGURES = (
+    "Two melanoma figures, two questions: melanoma recall is the share of test melanomas whose single most likely "
+    "class was melanoma; the urgent tier's share counts every test melanoma whose malignant probability reached the "
+    "urgent threshold, whatever its most likely class. The tier is the safer net, and the one this result's "
+    "headline follows."
+)
 
 
 def file_name(analysis: Analysis) -> str:
@@ -230,6 +270,11 @@ def render_pdf(analysis: Analysis) -> bytes:
             "image_uri": _image_data_uri(analysis),
             "heatmap_uri": _png_data_uri(analysis.heatmap) if analysis.has_heatmap else None,
             "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
+            "tier_reason": tier_reason(analysis),
+            "top_is_malignant": analysis.predicted_class in MALIGNANT,
+            "melanoma_figures": MELANOMA_FIGURES,
+            "captured_at": timezone.localtime(image.captured_at, tz) if image.captured_at else None,
+            "uploaded_at": timezone.localtime(image.uploaded_at, tz),
             "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
             "flagged_warning": FLAGGED_WARNING,
             "card": model_card_figures(analysis.model_version),

@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from analysis import audit, fhir
 from analysis.access import clinic_for, for_clinic, get_for_clinic
+from analysis.classes import MALIGNANT
 from analysis.forms import (
     AnalysisFilterForm,
     AuditFilterForm,
@@ -31,7 +32,15 @@ from analysis.forms import (
     UploadForm,
 )
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
-from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, similar_lesions, triage_summary
+from analysis.reports import (
+    DISCLAIMER,
+    FLAGGED_WARNING,
+    TIER_MEANING,
+    file_name,
+    similar_lesions,
+    tier_reason,
+    triage_summary,
+)
 from analysis.services import removing_files_on_failure, submit_image
 from analysis.uploads import UploadRejected
 from workers.tasks import request_report
@@ -50,6 +59,7 @@ LIST_FIELDS = [
     "predicted_class",
     "confidence",
     "malignant",
+    "malignant_probability",
     "risk_tier",
     "quality_flags",
     "created_at",
@@ -417,6 +427,8 @@ def analysis_detail(request, pk: int):
             "report_pending": report_pending,
             "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
             "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
+            "tier_reason": tier_reason(analysis),
+            "malignant_classes": MALIGNANT,
             "flagged_warning": FLAGGED_WARNING,
             "similar": similar_lesions(analysis) if analysis.status == Analysis.Status.DONE else [],
         },

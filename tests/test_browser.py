@@ -194,7 +194,7 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
     shot(page, "patient")
     page.get_by_role("link", name="Past analyses").click()
     page.get_by_label("Patient (name or MRN)").fill("E2E-0001")
-    page.get_by_label("Predicted condition").select_option(analysis.predicted_class)
+    page.get_by_label("Most likely class").select_option(analysis.predicted_class)
     page.get_by_role("button", name="Filter").click()
     page.get_by_role("link", name=f"#{analysis.pk}").wait_for()
     assert page.locator("table.list tbody tr").count() == 1
@@ -223,3 +223,41 @@ def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_o
     other.close()
     print(f"browser end-to-end test took {time.monotonic() - started:.1f} s")
     assert os.path.exists(ARTIFACTS / "analysis.png")
+
+
+def test_on_a_phone_the_tier_heads_the_result_above_the_fold_and_list_cells_keep_their_labels(
+    live_server, browser, staff, patient
+):
+    from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
+    from tests.test_verdict import URGENT_BENIGN
+
+    image = LesionImageFactory(case=CaseFactory(patient=patient, body_site="face"))
+    analysis = finish(AnalysisFactory(image=image), URGENT_BENIGN, report=True)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    sign_in(page, live_server.url, "staff")
+
+    page.goto(live_server.url + reverse("analysis-detail", args=[analysis.pk]))
+    shot(page, "analysis-phone")
+    triage = page.locator("#triage")
+    box = triage.bounding_box()
+    assert box["y"] + box["height"] <= 844, f"the tier ends {box['y'] + box['height']:.0f} px down"
+    assert page.locator("#status").bounding_box()["y"] < box["y"]
+    assert triage.locator(".badge").inner_text() == "Urgent"
+    assert "although the single most likely class (Melanocytic nevus, 60.0%) is benign" in triage.inner_text()
+    # The most likely class is detail: below the tier, in smaller type than the tier
+    class_line = page.locator("#class-line")
+    assert class_line.bounding_box()["y"] > box["y"]
+    tier_size = triage.locator(".tier-line").evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
+    assert class_line.evaluate("e => parseFloat(getComputedStyle(e).fontSize)") < tier_size
+
+    page.goto(live_server.url + reverse("analysis-list"))
+    cells = page.locator("table.list tbody tr").first.locator("td")
+    labels = [cells.nth(i).evaluate("td => getComputedStyle(td, '::before').content") for i in range(cells.count())]
+    assert labels == [
+        f'"{name}: "'
+        for name in ["Analysis", "Patient", "Body site", "Status", "Triage", "Most likely class", "Submitted"]
+    ]
+    shot(page, "past-analyses-phone")
+    context.close()

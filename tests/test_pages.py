@@ -170,7 +170,7 @@ def test_patient_page_shows_the_case_history_with_images_and_results(client, sta
     html = client.get(reverse("patient-detail", args=[patient.pk])).content.decode()
     assert "Back" in html  # body site
     assert reverse("image-file", args=[done_analysis.image.pk]) in html
-    assert "Melanoma" in html and "81.0%" in html and "Malignant" in html
+    assert "Melanoma" in html and "81.0%" in html and "Urgent" in html  # the tier heads each result
 
 
 # Cases
@@ -298,7 +298,15 @@ def test_analysis_page_shows_the_full_result_with_the_disclaimer_first(client, s
     client.force_login(staff)
     html = client.get(reverse("analysis-detail", args=[done_analysis.pk])).content.decode()
     assert html.index("Medical disclaimer") < html.index("Melanoma")
-    for text in ["Melanoma", "81.0%", "Malignant", "test-model-1", "Melanocytic nevus", "Dermatofibroma"]:
+    for text in [
+        "Melanoma",
+        "81.0%",
+        "Urgent",
+        "(a malignant class)",
+        "test-model-1",
+        "Melanocytic nevus",
+        "Dermatofibroma",
+    ]:
         assert text in html, text
     assert html.count('class="bar"') == 7
 
@@ -323,14 +331,14 @@ def test_analysis_page_gives_the_cards_figures_for_test_lesions_like_this_one(
     html = client.get(url).content.decode()
     rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", html)
     assert rows == [
-        ("Back", "405", "0.765", "39 of 62"),
-        ("Male", "1074", "0.752", "77 of 141"),
-        ("Aged 30-49", "706", "0.850", "16 of 41"),
+        ("Back", "405", "76.5%", "39 of 62"),
+        ("Male", "1074", "75.2%", "77 of 141"),
+        ("Aged 30-49", "706", "85.0%", "16 of 41"),
     ]
     analysis.image.case.body_site = "hand"  # a site where the test part held no melanoma
     analysis.image.case.save()
     html = client.get(url).content.decode()
-    assert '<tr><th scope="row">Hand</th><td>19</td><td>0.842</td><td>no melanomas</td></tr>' in html
+    assert '<tr><th scope="row">Hand</th><td>19</td><td>84.2%</td><td>no melanomas</td></tr>' in html
 
 
 def test_opening_a_done_analysis_is_remembered_once(client, staff, colleague, done_analysis):

@@ -73,12 +73,16 @@ def test_the_report_states_patient_result_every_probability_model_and_disclaimer
     assert pdf.startswith(b"%PDF-")
     text = body_text(pdf)
     assert "MRN-4711" in text and "Ada Example" in text and "Praxis Nord" in text
-    assert "Melanoma (mel)" in text
-    assert "MALIGNANT" in text
+    assert "Most likely class: Melanoma (mel)" in text
+    assert "Triage: URGENT · malignant probability" in text  # the headline, before the class
+    assert text.index("Triage: URGENT") < text.index("Most likely class: Melanoma (mel)")
+    assert "a malignant class" in text
     for code, p in PROBABILITIES.items():
         assert f"{CLASS_NAMES[code]} {code} {round(100 * p, 1)}%" in text
     assert "mnv2-test-version" in text
-    assert "accuracy 0.812" in text and "balanced accuracy 0.735" in text  # from the model card file
+    # From the model card file, as percentages like every other figure, and the two melanoma figures told apart
+    assert "accuracy 81.2%" in text and "balanced accuracy 73.5%" in text and "melanoma recall 70.1%" in text
+    assert "melanoma recall is the share of test melanomas whose single most likely class was melanoma" in text
     assert "Screening aid only, not a diagnosis" in text
     footers = " ".join(pdf_text(pdf).split())
     assert "Page 1 of 1" in footers  # one page, numbered
@@ -128,8 +132,8 @@ def test_the_report_gives_the_cards_figures_for_test_lesions_like_this_one(card_
     text = body_text(pdf)
     # A lesion on the back of a woman born in 1970, photographed now: in her fifties or sixties.
     assert (
-        "Test lesions like this one images accuracy melanomas found Back 405 0.765 39 of 62 Female 907 0.836 50 of 79 "
-        "Aged 50-69 738 0.780 50 of 86" in text
+        "Test lesions like this one images accuracy melanomas found Back 405 76.5% 39 of 62 Female 907 83.6% 50 of 79 "
+        "Aged 50-69 738 78.0% 50 of 86" in text
     )
     assert "Page 1 of 1" in " ".join(pdf_text(pdf).split())  # still one page
 
@@ -156,7 +160,7 @@ def test_groups_the_case_does_not_name_or_the_card_lacks_are_left_out(card_with_
     patient.save()
     assert reports.similar_lesions(Analysis.objects.get(pk=analysis.pk)) == []
     text = body_text(reports.render_pdf(Analysis.objects.get(pk=analysis.pk)))
-    assert "test lesions like this one" not in text and "accuracy 0.812" in text
+    assert "test lesions like this one" not in text and "accuracy 81.2%" in text
 
 
 def test_another_model_versions_groups_are_not_shown(card_with_groups):
