@@ -245,7 +245,7 @@ def render_pdf(analysis: Analysis) -> bytes:
     tz = ZoneInfo(patient.clinic.time_zone)
     rows = sorted(
         (
-            {"code": c, "name": CLASS_NAMES[c], "p": p, "percent": round(100 * p, 1)}
+            {"code": c, "name": CLASS_NAMES[c], "p": p, "percent": round(100 * p, 1), "malignant": c in MALIGNANT}
             for c, p in analysis.probabilities.items()
         ),
         key=lambda r: r["p"],

@@ -14,13 +14,14 @@ import tinycss2
 from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
+from PIL import Image
 from pypdf import PdfReader
 
 from analysis import reports
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
 from tests.cards import group
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
+from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, encoded, finish
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -136,6 +137,34 @@ def test_the_report_gives_the_cards_figures_for_test_lesions_like_this_one(card_
         "Aged 50-69 738 78.0% 50 of 86" in text
     )
     assert "Page 1 of 1" in " ".join(pdf_text(pdf).split())  # still one page
+
+
+def test_a_report_with_everything_on_it_still_fits_one_page(card_with_groups, staff):
+    """The longest report there is: a card with groups, a flagged image with its heatmap, long names, a capture time
+    and a long time zone name."""
+    analysis = Analysis.objects.get(pk=card_with_groups.pk)
+    clinic = analysis.image.case.patient.clinic
+    clinic.name, clinic.time_zone = "Dermatologische Gemeinschaftspraxis Nordstadt", "America/Argentina/Buenos_Aires"
+    clinic.save()
+    patient = analysis.image.case.patient
+    patient.name = "Maximiliane Alexandra von Hohenberg-Wittelsbach"
+    patient.save()
+    staff.first_name, staff.last_name = "Konstantin", "Oberhuber-Lindqvist"
+    staff.save()
+    image = analysis.image
+    image.captured_at = timezone.now() - timedelta(days=3)
+    image.save()
+    flags = ["The image is almost uniform: it may be blank or a black frame.", "The picture is out of focus."]
+    heatmap = encoded(Image.new("RGB", (40, 30), "red"), "PNG")
+    analysis = finish(
+        AnalysisFactory(image=image), PROBABILITIES, "mnv2-test-version", quality_flags=flags, heatmap_png=heatmap
+    )
+    pdf = reports.render_pdf(Analysis.objects.get(pk=analysis.pk))
+    text = body_text(pdf)
+    assert "Image flagged by the quality check." in text and "Grad-CAM" in text and "Aged 50-69" in text
+    assert "Konstantin Oberhuber-Lindqvist" in text and "Buenos_Aires" in text
+    assert "Melanoma mel 71.2% malignant Benign keratosis-like lesion bkl 11.2% Melanocytic nevus" in text
+    assert len(PdfReader(io.BytesIO(pdf)).pages) == 1
 
 
 def test_the_age_band_is_the_patients_age_when_the_image_was_taken(card_with_groups):

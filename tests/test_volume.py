@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from analysis.demo import seed_clinic
 from analysis.models import Analysis, Case, LesionImage, Patient
+from ml import triage
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +68,10 @@ def test_seed_demo_fills_a_clinic_without_running_the_model(django_capture_on_co
     for analysis in Analysis.objects.filter(status="done"):
         assert sum(analysis.probabilities.values()) == pytest.approx(1.0)
         assert analysis.predicted_class == max(analysis.probabilities, key=analysis.probabilities.get)
-        assert analysis.malignant == (analysis.predicted_class in {"mel", "bcc", "akiec"})
+        # "Malignant" means what it means everywhere: the malignant classes together reach the urgent threshold.
+        assert analysis.malignant == (analysis.malignant_probability >= triage.load_triage().urgent_threshold)
+        if not analysis.flagged:
+            assert analysis.malignant == (analysis.risk_tier == "urgent")
     image = LesionImage.objects.first()
     assert image.image.storage.exists(image.image.name)
     assert Case.objects.filter(images__isnull=True).count() == 0
