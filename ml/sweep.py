@@ -109,28 +109,42 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def judge(runs: Path, data_dir: Path) -> dict:
-    """Every finished run's val figures, and the variants ranked by mean val macro AUC over their seeds."""
+    """Every finished run's val figures, and the variants ranked by mean val macro AUC over their seeds.
+
+    A run is a folder holding ``<name>.val_logits.npy`` beside its ``<name>.json`` (``skinsite`` for the cached
+    recipes' members, ``whole`` for ``ml.train --recipe whole``); its variant is the folder's name before
+    ``_s<seed>``. Whole-network runs also give the extra train images, the measured images/s and the CPU."""
     from sklearn.metrics import roc_auc_score
 
     frame = data.load_dataset(data_dir)
     y = data.part(frame, "val")["label"].to_numpy()
     rows = []
-    for logits_file in sorted(runs.glob("*/skinsite.val_logits.npy")):
+    for logits_file in sorted(runs.glob("*/*.val_logits.npy")):
         probs = softmax(np.load(logits_file))
-        meta = json.loads(logits_file.with_name("skinsite.json").read_text())
-        rows.append(
-            {
-                "run": logits_file.parent.name,
-                "variant": logits_file.parent.name.rsplit("_s", 1)[0],
-                "seed": meta["recipe"]["seed"],
-                "macro_auc": summary(y, probs)["macro_auc"],
-                "melanoma_auc": float(roc_auc_score(y == MEL, probs[:, MEL])),
-                "log_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
-                "at_operating_point": {k: meta["val"][k] for k in ("accuracy", "balanced_accuracy", "melanoma_recall")},
-                "train_seconds": meta["train_seconds"],
-                "backend": meta.get("backend", "tensorflow"),
-            }
-        )
+        meta = json.loads(logits_file.with_name(logits_file.name.replace(".val_logits.npy", ".json")).read_text())
+        row = {
+            "run": logits_file.parent.name,
+            "variant": logits_file.parent.name.rsplit("_s", 1)[0],
+            "seed": meta["recipe"]["seed"],
+            "macro_auc": summary(y, probs)["macro_auc"],
+            "melanoma_auc": float(roc_auc_score(y == MEL, probs[:, MEL])),
+            "log_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
+            "at_operating_point": {k: meta["val"][k] for k in ("accuracy", "balanced_accuracy", "melanoma_recall")},
+            "train_seconds": meta["train_seconds"],
+            "backend": meta.get("backend", "tensorflow"),
+        }
+        if meta["recipe"].get("cut", "") is None:  # whole network: what it trained on and how fast
+            whole = [h["images_per_second"] for h in meta["history"] if h.get("phase") == "whole"]
+            row.update(
+                recipe=meta["recipe"]["name"],
+                epochs=meta["recipe"]["epochs"],
+                kept_epoch=meta["kept_epoch"],
+                train_images=meta["images"]["train"],
+                extra_data=meta.get("extra_data", []),
+                whole_images_per_second=round(float(np.mean(whole)), 1) if whole else None,
+                machine=meta.get("machine"),
+            )
+        rows.append(row)
     return {"runs": rows, "ranking": rank(rows)}
 
 
@@ -138,7 +152,8 @@ def rank(rows: list[dict]) -> list[dict]:
     """The variants by the mean over their seeds of val macro AUC (also given: melanoma AUC, log loss and the
     figures at each run's own operating point)."""
     ranking = []
-    for variant in VARIANTS:
+    found = list(dict.fromkeys(r["variant"] for r in rows))
+    for variant in [v for v in VARIANTS if v in found] + [v for v in found if v not in VARIANTS]:
         mine = [r for r in rows if r["variant"] == variant]
         if mine:
             mean = {k: float(np.mean([r[k] for r in mine])) for k in ("macro_auc", "melanoma_auc", "log_loss")}
@@ -148,7 +163,7 @@ def rank(rows: list[dict]) -> list[dict]:
             ranking.append(
                 {
                     "variant": variant,
-                    "arguments": VARIANTS[variant],
+                    "arguments": VARIANTS.get(variant, mine[0].get("recipe", "")),
                     "seeds": len(mine),
                     **mean,
                     "at_operating_point": point,
