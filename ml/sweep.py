@@ -121,7 +121,8 @@ def judge(runs: Path, data_dir: Path) -> dict:
     rows = []
     for logits_file in sorted(runs.glob("*/*.val_logits.npy")):
         probs = softmax(np.load(logits_file))
-        meta = json.loads(logits_file.with_name(logits_file.name.replace(".val_logits.npy", ".json")).read_text())
+        name = logits_file.name.removesuffix(".val_logits.npy")
+        meta = json.loads(logits_file.with_name(f"{name}.json").read_text())
         row = {
             "run": logits_file.parent.name,
             "variant": logits_file.parent.name.rsplit("_s", 1)[0],
@@ -133,7 +134,7 @@ def judge(runs: Path, data_dir: Path) -> dict:
             "train_seconds": meta["train_seconds"],
             "backend": meta.get("backend", "tensorflow"),
         }
-        if meta["recipe"].get("cut", "") is None:  # whole network: what it trained on and how fast
+        if "cut" in meta["recipe"] and meta["recipe"]["cut"] is None:  # whole network: its data and its speed
             whole = [h["images_per_second"] for h in meta["history"] if h.get("phase") == "whole"]
             row.update(
                 recipe=meta["recipe"]["name"],
@@ -152,23 +153,20 @@ def rank(rows: list[dict]) -> list[dict]:
     """The variants by the mean over their seeds of val macro AUC (also given: melanoma AUC, log loss and the
     figures at each run's own operating point)."""
     ranking = []
-    found = list(dict.fromkeys(r["variant"] for r in rows))
-    for variant in [v for v in VARIANTS if v in found] + [v for v in found if v not in VARIANTS]:
+    for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
-        if mine:
-            mean = {k: float(np.mean([r[k] for r in mine])) for k in ("macro_auc", "melanoma_auc", "log_loss")}
-            point = {
-                k: float(np.mean([r["at_operating_point"][k] for r in mine])) for k in mine[0]["at_operating_point"]
+        mean = {k: float(np.mean([r[k] for r in mine])) for k in ("macro_auc", "melanoma_auc", "log_loss")}
+        point = {k: float(np.mean([r["at_operating_point"][k] for r in mine])) for k in mine[0]["at_operating_point"]}
+        ranking.append(
+            {
+                "variant": variant,
+                # a whole-network run is not one of the sweep's variants: its recipe's name stands in
+                "arguments": VARIANTS.get(variant, mine[0].get("recipe", "")),
+                "seeds": len(mine),
+                **mean,
+                "at_operating_point": point,
             }
-            ranking.append(
-                {
-                    "variant": variant,
-                    "arguments": VARIANTS.get(variant, mine[0].get("recipe", "")),
-                    "seeds": len(mine),
-                    **mean,
-                    "at_operating_point": point,
-                }
-            )
+        )
     ranking.sort(key=lambda r: -r["macro_auc"])
     return ranking
 

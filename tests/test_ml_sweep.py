@@ -69,6 +69,23 @@ def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
         meta = {"recipe": {"seed": int(name[-1])}, "val": val, "train_seconds": 1.0, "backend": "jax"}
         (runs / name / "skinsite.json").write_text(json.dumps(meta))
 
+    # A whole-network run (``ml.train --recipe whole``) leaves whole.val_logits.npy and whole.json
+    (runs / "whole_s0").mkdir()
+    np.save(runs / "whole_s0" / "whole.val_logits.npy", (2 * one_hot).astype(np.float32))
+    history = [{"phase": "head", "images_per_second": 60.0}, {"phase": "whole", "images_per_second": 20.0}]
+    history.append({"phase": "whole", "images_per_second": 30.0})
+    whole_meta = {
+        "recipe": {"name": "whole", "cut": None, "epochs": 3, "seed": 0},
+        "val": {"accuracy": 0.6, "balanced_accuracy": 0.5, "melanoma_recall": 0.8},
+        "train_seconds": 9.0,
+        "kept_epoch": 3,
+        "images": {"train": 12},
+        "extra_data": ["isic_archive"],
+        "history": history,
+        "machine": {"cpu": "test CPU"},
+    }
+    (runs / "whole_s0" / "whole.json").write_text(json.dumps(whole_meta))
+
     result = sweep.judge(runs, data_dir)
     by_run = {r["run"]: r for r in result["runs"]}
     assert by_run["base_s2"]["macro_auc"] == pytest.approx(1.0)
@@ -77,6 +94,14 @@ def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
     base = next(r for r in result["ranking"] if r["variant"] == "base")
     assert base["seeds"] == 2
     assert base["macro_auc"] == pytest.approx((1.0 + by_run["base_s3"]["macro_auc"]) / 2)
+    whole = by_run["whole_s0"]
+    assert whole["macro_auc"] == pytest.approx(1.0) and whole["whole_images_per_second"] == 25.0  # head epoch left out
+    assert (whole["train_images"], whole["extra_data"], whole["kept_epoch"]) == (12, ["isic_archive"], 3)
+    assert "whole_images_per_second" not in by_run["base_s2"]
+    ranked = {r["variant"]: r for r in result["ranking"]}
+    assert ranked["whole"]["arguments"] == "whole" and ranked["whole"]["seeds"] == 1
+    result = {"runs": [r for r in result["runs"] if r["variant"] != "whole"]}
+    result["ranking"] = sweep.rank(result["runs"])
     assert [r["variant"] for r in result["ranking"]] == ["ls0", "base"]  # ls0 separates every class
     assert base["at_operating_point"] == pytest.approx(
         {"accuracy": 0.5, "balanced_accuracy": 0.4, "melanoma_recall": 0.7}

@@ -140,18 +140,17 @@ def test_the_report_gives_the_cards_figures_for_test_lesions_like_this_one(card_
 
 
 def test_a_report_with_everything_on_it_still_fits_one_page(card_with_groups, staff):
-    """The longest report there is: a card with groups, a flagged image with its heatmap, long names, a capture time
-    and a long time zone name."""
-    analysis = Analysis.objects.get(pk=card_with_groups.pk)
-    clinic = analysis.image.case.patient.clinic
+    """A long report: a card with groups, two quality flags with a heatmap, long names, a capture time and a long
+    time zone name."""
+    image = card_with_groups.image
+    patient = image.case.patient
+    clinic = patient.clinic
     clinic.name, clinic.time_zone = "Dermatologische Gemeinschaftspraxis Nordstadt", "America/Argentina/Buenos_Aires"
     clinic.save()
-    patient = analysis.image.case.patient
     patient.name = "Maximiliane Alexandra von Hohenberg-Wittelsbach"
     patient.save()
     staff.first_name, staff.last_name = "Konstantin", "Oberhuber-Lindqvist"
     staff.save()
-    image = analysis.image
     image.captured_at = timezone.now() - timedelta(days=3)
     image.save()
     flags = ["The image is almost uniform: it may be blank or a black frame.", "The picture is out of focus."]
