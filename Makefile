@@ -8,10 +8,15 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: run test lint fmt migrate bench load faults
 
+# The service alone (no TensorFlow) for `make run`; everything (training, tests) for the other targets.
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-all: $(VENV)/.installed requirements-ml.txt requirements-test.txt
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
 	touch $@
 
 migrate: $(VENV)/.installed
@@ -22,29 +27,29 @@ run: migrate
 	$(BIN)/python manage.py bootstrap_demo --url http://127.0.0.1:$(WEB_PORT)
 	WEB_PORT=$(WEB_PORT) $(BIN)/honcho start
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-all
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-all
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-fmt: $(VENV)/.installed
+fmt: $(VENV)/.installed-all
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-all
 	$(BIN)/python -m ml.bench
 	$(BIN)/python -m ml.explain --bench
 	$(BIN)/python -m workers.bench
 
 # 200 API submissions from 20 clients against gunicorn + 2 workers (LOAD_ARGS="--images 50 --clients 5";
 # DATABASE_URL=postgres://... for PostgreSQL).
-load: $(VENV)/.installed
+load: $(VENV)/.installed-all
 	$(BIN)/python -m tests.load $(LOAD_ARGS)
 
 # A worker killed mid-run, Redis away for 30 s, PostgreSQL restarted: each prints its counts.
-faults: $(VENV)/.installed
+faults: $(VENV)/.installed-all
 	$(BIN)/python -m tests.faults.worker_kill
 	$(BIN)/python -m tests.faults.redis_outage
 	$(BIN)/python -m tests.faults.postgres_restart

@@ -3,11 +3,16 @@
 Analysis results are read-only here: they come from the model, never from a form.
 """
 
+from datetime import timedelta
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
+from django.utils import timezone
 
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
 from analysis.services import CLOSED_CASE, removing_files_on_failure, submit_image
@@ -25,14 +30,60 @@ class MembershipInline(admin.StackedInline):
 
 admin.site.unregister(User)
 
+# Asks for other clinics' records: a few are typos in an id; many in a week look like someone searching.
+OTHER_CLINICS_WINDOW = timedelta(days=7)
+OTHER_CLINICS_MANY = 10
+
+
+class OtherClinicsRecordsFilter(admin.SimpleListFilter):
+    title = f"another clinic's records asked for ({OTHER_CLINICS_WINDOW.days} days)"
+    parameter_name = "other_clinics"
+
+    def lookups(self, request, model_admin):
+        return [("any", "at least once"), ("many", f"{OTHER_CLINICS_MANY} times or more")]
+
+    def queryset(self, request, queryset):
+        at_least = {"any": 1, "many": OTHER_CLINICS_MANY}.get(self.value())
+        return queryset.filter(other_clinics_records__gte=at_least) if at_least else queryset
+
 
 @admin.register(User)
 class SkinsiteUserAdmin(UserAdmin):
     inlines = [MembershipInline]
-    list_display = ["username", "email", "clinic", "role", "is_active", "is_superuser", "last_login"]
-    list_filter = ["is_active", "is_superuser", "membership__clinic", "membership__role"]
+    list_display = [
+        "username",
+        "email",
+        "clinic",
+        "role",
+        "is_active",
+        "is_superuser",
+        "last_login",
+        "other_clinics_records",
+    ]
+    list_filter = ["is_active", "is_superuser", "membership__clinic", "membership__role", OtherClinicsRecordsFilter]
     list_select_related = ["membership__clinic"]
     actions = ["deactivate"]
+
+    def get_queryset(self, request):
+        asks = (
+            AuditEvent.objects.filter(
+                user=OuterRef("pk"),
+                action=AuditEvent.Action.OTHER_CLINICS_RECORD,
+                at__gte=timezone.now() - OTHER_CLINICS_WINDOW,
+            )
+            .order_by()
+            .values("user")
+            .annotate(count=Count("pk"))
+            .values("count")
+        )
+        return super().get_queryset(request).annotate(other_clinics_records=Coalesce(Subquery(asks), 0))
+
+    @admin.display(
+        description=f"Another clinic's records asked for ({OTHER_CLINICS_WINDOW.days} days)",
+        ordering="other_clinics_records",
+    )
+    def other_clinics_records(self, user):
+        return user.other_clinics_records
 
     @admin.display(ordering="membership__clinic__name")
     def clinic(self, user):
@@ -170,9 +221,19 @@ class AnalysisAdmin(admin.ModelAdmin):
 class AuditEventAdmin(admin.ModelAdmin):
     """Every clinic's trail, to read and search; nobody adds, changes or deletes an event, superusers included."""
 
-    list_display = ["at", "clinic", "username", "action", "object_type", "object_id", "patient_id", "ip_address"]
-    list_filter = ["clinic", "action", "object_type", "at"]
-    list_select_related = ["clinic"]
+    list_display = [
+        "at",
+        "clinic",
+        "username",
+        "action",
+        "object_type",
+        "object_id",
+        "patient_id",
+        "record_clinic",
+        "ip_address",
+    ]
+    list_filter = ["clinic", "action", "object_type", "record_clinic", "at"]
+    list_select_related = ["clinic", "record_clinic"]
     search_fields = ["username", "description", "ip_address", "path"]
     date_hierarchy = "at"
 

@@ -1,8 +1,9 @@
 """The REST API: serializers and viewsets for clinics that connect their record systems or submit in batches.
 
-Every queryset goes through `for_clinic`, so another clinic's id is a 404 exactly like an id that does not
-exist; ids sent in a request body (a case's patient, an image's case) are looked up the same way and a
-foreign one is a 400 on that field, worded like a missing one. A patient's clinic is always the caller's.
+Every queryset goes through `for_clinic` (one row: `get_for_clinic`), so another clinic's id is a 404 exactly
+like an id that does not exist, and is recorded in the audit trail; ids sent in a request body (a case's
+patient, an image's case) are looked up the same way and a foreign one is a 400 on that field, worded like a
+missing one. A patient's clinic is always the caller's.
 """
 
 import json
@@ -28,7 +29,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from analysis import audit, fhir
-from analysis.access import clinic_for, for_clinic
+from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_clinic
 from analysis.classes import CLASS_CODES
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
@@ -39,6 +40,7 @@ from analysis.uploads import UploadRejected, validate_image_file
 from analysis.views import (
     analysis_fhir_response,
     heatmap_response,
+    lockout_headers,
     lockout_message,
     patient_fhir_response,
     report_response,
@@ -62,7 +64,10 @@ class DatabaseUnavailable(APIException):
 
 def api_exception_handler(exc, context):
     """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400, and a database
-    that cannot be reached (restarting, failing over) as a 503 the client can retry instead of a 500."""
+    that cannot be reached (restarting, failing over) as a 503 the client can retry instead of a 500. A 404 for
+    another clinic's record is recorded in the audit trail, and answered as any 404."""
+    if isinstance(exc, OtherClinicsRecord):
+        audit.record_other_clinics(context["request"], exc)
     if isinstance(exc, OperationalError | InterfaceError):
         response = exception_handler(DatabaseUnavailable(), context)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -115,7 +120,7 @@ class ObtainTokenView(ObtainAuthToken):
                 return Response(
                     {"detail": lockout_message()},
                     status=status.HTTP_429_TOO_MANY_REQUESTS,
-                    headers={"Retry-After": str(int(settings.AXES_COOLOFF_TIME.total_seconds()))},
+                    headers=lockout_headers(),
                 )
             raise ValidationError(serializer.errors)
         user = serializer.validated_data["user"]
@@ -214,7 +219,18 @@ class PatientFilter(django_filters.FilterSet):
 
 class AuditedMixin:
     """Records in the audit trail every row read (retrieve), created and updated through the API; lists are
-    not recorded row by row."""
+    not recorded row by row. Rows are found by `get_for_clinic`, so asking for another clinic's id raises
+    OtherClinicsRecord, which api_exception_handler records and answers as 404."""
+
+    def get_object(self):
+        lookup_url_kwarg = self.lookup_url_kwarg or self.lookup_field
+        instance = get_for_clinic(
+            self.request.user,
+            self.filter_queryset(self.get_queryset()),
+            **{self.lookup_field: self.kwargs[lookup_url_kwarg]},
+        )
+        self.check_object_permissions(self.request, instance)
+        return instance
 
     def retrieve(self, request, *args, **kwargs):
         instance = self.get_object()

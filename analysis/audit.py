@@ -1,8 +1,10 @@
 """The audit trail: who created, viewed, changed or downloaded which patient record, when and from where.
 
 Views and viewsets call `record` once they have done what they report, with the row they worked on; sign-ins,
-failed sign-ins and lockouts are recorded by the receivers at the bottom. Lists (patients, past analyses,
-the dashboard) are not recorded row by row; the polling status endpoint is not recorded at all.
+failed sign-ins and lockouts are recorded by the receivers at the bottom. Lists (patients, past analyses, the
+dashboard) are not recorded row by row; the polling status endpoint is not recorded at all. A 404 for another
+clinic's record (analysis.access.OtherClinicsRecord), wherever it is asked for, is recorded by
+`record_other_clinics`: for pages by analysis/middleware.py, for the API by analysis/api.py's exception handler.
 """
 
 from django.conf import settings
@@ -11,7 +13,7 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db import models
 from django.dispatch import receiver
 
-from analysis.access import clinic_for
+from analysis.access import OtherClinicsRecord, clinic_for
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 
 Action = AuditEvent.Action
@@ -58,6 +60,26 @@ def record(
         object_id=obj.pk if obj is not None else None,
         patient_id=_patient_id(obj),
         description=description or _describe(obj),
+    )
+
+
+def record_other_clinics(request, refused: OtherClinicsRecord) -> AuditEvent | None:
+    """Store that the request's user asked for a record of another clinic and was answered 404. The event is
+    the asker's clinic's, so their clinic admin sees it; the record's clinic is kept for platform admins."""
+    object_type = _TYPES.get(refused.model)
+    if object_type is None:  # no page or API object of that kind is reached by id
+        return None
+    user = request.user if request.user.is_authenticated else None
+    return _store(
+        request,
+        user=user,
+        username=user.get_username() if user else "",
+        clinic=clinic_for(user) if user else None,
+        action=Action.OTHER_CLINICS_RECORD,
+        object_type=object_type,
+        object_id=refused.object_id,
+        record_clinic_id=refused.clinic_id,
+        description=f"{ObjectType(object_type).label} {refused.object_id} is not of this clinic: answered 404",
     )
 
 

@@ -1,4 +1,5 @@
-"""Staff read dates and times in their clinic's time zone, whatever the server's; a database that is away
+"""Staff read dates and times in their clinic's time zone, whatever the server's; no cache keeps what a
+signed-in user was answered; a page asked for another clinic's record is audited; a database that is away
 for a moment is a 503 to retry, not a 500."""
 
 import logging
@@ -8,9 +9,11 @@ import zoneinfo
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 from django.utils import timezone
+from django.utils.cache import patch_cache_control
 from django.views import defaults
 
-from analysis.access import clinic_for
+from analysis import audit
+from analysis.access import OtherClinicsRecord, clinic_for
 
 
 def clinic_time_zone(get_response):
@@ -23,6 +26,38 @@ def clinic_time_zone(get_response):
         finally:
             timezone.deactivate()
 
+    return middleware
+
+
+def private_answers(get_response):
+    """Every answer to a signed-in user (a page, an API answer, a redirect) says `Cache-Control: private,
+    no-store`: they carry patient data, which no proxy may keep and no browser may keep on disk or show again
+    from its history after sign-out (a shared tablet). Directives a view set already are kept; static files
+    never get here (WhiteNoise answers them first) and stay cacheable."""
+
+    def middleware(request):
+        response = get_response(request)
+        # Read after the view: the API authenticates a token inside it (DRF sets request.user then).
+        if request.user.is_authenticated:
+            patch_cache_control(response, private=True, no_store=True)
+        return response
+
+    return middleware
+
+
+def other_clinics_records_audited(get_response):
+    """A page that answered 404 for another clinic's record (analysis.access.get_for_clinic) records the ask
+    in the audit trail; the 404 itself is Django's, as for a missing record."""
+
+    def middleware(request):
+        return get_response(request)
+
+    def process_exception(request, exception):
+        if isinstance(exception, OtherClinicsRecord):
+            audit.record_other_clinics(request, exception)
+        return None
+
+    middleware.process_exception = process_exception
     return middleware
 
 

@@ -590,6 +590,9 @@ class AuditEvent(models.Model):
         LOGIN = "login", "Signed in"
         LOGIN_FAILED = "login_failed", "Sign-in failed"
         LOCKED_OUT = "locked_out", "Locked out"
+        # Answered 404 like a missing record; recorded because asking for other clinics' ids is how a
+        # curious or stolen account would look for them.
+        OTHER_CLINICS_RECORD = "other_clinic", "Another clinic's record asked for"
 
     class ObjectType(models.TextChoices):
         PATIENT = "patient", "Patient"
@@ -617,6 +620,9 @@ class AuditEvent(models.Model):
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=255, blank=True)
     path = models.CharField(max_length=255, blank=True)
+    # For OTHER_CLINICS_RECORD: the clinic the record belongs to (`clinic` is the asker's). Shown to platform
+    # admins only: the asker's clinic admin reads the event, never which clinic holds that id.
+    record_clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -626,6 +632,12 @@ class AuditEvent(models.Model):
             # The clinic admin's page reads one clinic newest first, often for one patient.
             models.Index(fields=["clinic", "-at", "-id"], name="audit_clinic_newest_first"),
             models.Index(fields=["clinic", "patient_id"], name="audit_clinic_patient"),
+            # The platform admin's user list counts each user's asks for other clinics' records of the week.
+            models.Index(
+                fields=["user", "at"],
+                name="audit_other_clinics_by_user",
+                condition=models.Q(action="other_clinic"),
+            ),
         ]
 
     def __str__(self) -> str:

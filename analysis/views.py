@@ -15,6 +15,7 @@ from django.db.models import Case as SqlCase
 from django.db.models import Count, Q, When
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -89,13 +90,19 @@ def lockout_message() -> str:
     return f"Too many failed sign-ins for this username from your address. Try again in {minutes} minutes."
 
 
+def lockout_headers() -> dict[str, str]:
+    """Retry-After for an answer refused by a lockout. The refused attempt counts as a failure too and starts
+    the cool-off again (axes' AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT), so the lockout ends a whole
+    AXES_COOLOFF_TIME from now."""
+    return {"Retry-After": str(int(settings.AXES_COOLOFF_TIME.total_seconds()))}
+
+
 def locked_out(request, original_response=None, credentials=None) -> HttpResponse:
     """What django-axes answers a sign-in during a lockout (AXES_LOCKOUT_CALLABLE)."""
-    return render(
-        request,
-        "registration/locked_out.html",
-        {"message": lockout_message()},
+    return HttpResponse(
+        render_to_string("registration/locked_out.html", {"message": lockout_message()}, request),
         status=settings.AXES_HTTP_RESPONSE_CODE,
+        headers=lockout_headers(),
     )
 
 

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import data, paths  # noqa: E402
-from .export import to_int8_tflite  # noqa: E402
+from .export import check_arrays, to_int8_tflite  # noqa: E402
 from .inference import ORIGINAL_ONLY, VIEWS, LiteModel, predict_views, served_views  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import class_prior, summary  # noqa: E402
@@ -128,7 +128,8 @@ def save_served(model, out: Path, name: str, result: dict, data_dir: Path, calib
             minimum=result["recipe"].get("min_val_melanoma_recall"),
         )
     half = result["recipe"].get("half_precision", False)
-    return save(model, out, name, result, half, calibration, measure)
+    explain_on = check_arrays(tuple(result["recipe"]["input_size"]), Path(data_dir))
+    return save(model, out, name, result, half, calibration, measure, explain_on)
 
 
 def recalibrate(model_file: Path, data_dir: Path, views: list[str] | None = None) -> dict:

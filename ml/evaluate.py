@@ -655,11 +655,12 @@ def safety_sections(metrics: dict) -> list[str]:
         lines += [
             "## Grad-CAM and gate cost (worker)",
             "",
-            f"One `Explainer.explain` call (Keras forward and backward pass, Grad-CAM of the predicted class on "
-            f"`out_relu`, pooled features for the gate, overlay): p50 {explain['ms_per_image_p50']:.0f} ms, p95 "
-            f"{explain['ms_per_image_p95']:.0f} ms per image on this project's {explain['cpu_count']}-core CPU; resident "
-            f"memory {explain['rss_mb_after_load']:.0f} MiB after loading the model and the gate, of which "
-            f"{explain['rss_mb_after_tensorflow_import']:.0f} MiB after importing TensorFlow alone "
+            f"One `Explainer.explain` call (one LiteRT call on the companion file for the probabilities and the "
+            f"last activations, Grad-CAM of the predicted class in numpy, the gate, the overlay): p50 "
+            f"{explain['ms_per_image_p50']:.1f} ms, p95 {explain['ms_per_image_p95']:.1f} ms per image (the model call "
+            f"alone p50 {explain.get('model_call_ms_p50', float('nan')):.1f} ms) on this "
+            f"project's {explain['cpu_count']}-core CPU; resident memory {explain['rss_mb_after_load']:.0f} MiB after "
+            f"loading the companion file and the gate, with no TensorFlow in the process "
             "(`python -m ml.explain --bench --record`).",
             "",
         ]

@@ -10,6 +10,8 @@ into its convolution before rounding, where the Keras model rounds the two apart
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -130,3 +132,207 @@ def to_int8_tflite(model: keras.Model, path: str | Path, calibration: Iterable[n
         )
         path.write_bytes(debugger.get_nondebug_quantized_model())
     return path
+
+
+# --- the worker's companion file ------------------------------------------------------------------------------
+
+EXPLAINER_SUFFIX = ".explain.tflite"
+HEAD_SUFFIX = ".head.npz"
+INT8_HEAD_TOLERANCE = 0.01
+
+
+def companion_paths(served: str | Path) -> tuple[Path, Path]:
+    """The companion TFLite file and the head weights beside a served ``<name>.tflite`` (see ``ml.gradcam``)."""
+    served = Path(served)
+    return served.with_name(served.stem + EXPLAINER_SUFFIX), served.with_name(served.stem + HEAD_SUFFIX)
+
+
+class NoActivationTensor(ValueError):
+    """A network's last activations are not one tensor of the served file: the converter merged two identical
+    networks (an ensemble holding one network twice) or renamed the op."""
+
+
+def activation_tensors(model: keras.Model, served: str | Path) -> list[int]:
+    """The indices, in the served TFLite file, of each network's last convolutional activations (``out_relu``),
+    in member order: the converter names a tensor after its op's layer (``.../member0_out_relu_1/Relu6;...``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .model import LAST_CONV_LAYER, member_layers
+
+    details = Interpreter(model_path=str(served)).get_tensor_details()
+    found = []
+    for layer in member_layers(model, LAST_CONV_LAYER):
+        pattern = re.compile(rf"(^|/){re.escape(layer.name)}(_\d+)?/")
+        shape = tuple(layer.output.shape[1:])
+        shaped = [d for d in details if tuple(d["shape"][1:]) == shape]
+        # The op's own name comes first; where the converter fused it into another op, it is further on.
+        matches = [d["index"] for d in shaped if pattern.search(d["name"].split(";")[0])] or [
+            d["index"] for d in shaped if any(pattern.search(part) for part in d["name"].split(";"))
+        ]
+        if len(matches) != 1:
+            raise NoActivationTensor(
+                f"{served}: {len(matches)} tensors of shape {shape} for layer {layer.name}, expected one"
+            )
+        found.extend(matches)
+    return found
+
+
+def with_outputs(served: str | Path, tensors: list[int], path: str | Path) -> Path:
+    """A copy of the TFLite file ``served`` that also outputs ``tensors`` (as ``output_1``, ``output_2``, ...,
+    after its own ``output_0``). Only the output lists change: every op, weight and quantisation parameter is the
+    served file's, so the probabilities are too."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(served))
+    graph = model.subgraphs[0]
+    if len(model.subgraphs) != 1 or len(graph.outputs) != 1 or len(model.signatureDefs) != 1:
+        raise ValueError(f"{served}: expected one graph with one output and one signature")
+    graph.outputs = np.asarray([*graph.outputs, *tensors], dtype=np.int32)
+    for k, index in enumerate(tensors, start=1):
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = f"output_{k}", int(index)
+        model.signatureDefs[0].outputs.append(entry)
+    flatbuffer_utils.write_model(model, str(path))
+    return Path(path)
+
+
+def head_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """The layers after the last convolution, per network (global average pooling, Dense ``fc`` with ReLU, the
+    output rows of ``probs`` that read it) as arrays for ``ml.gradcam.Head``. Stored in float16 where every
+    value is one (a float16-rounded model's are), else float32."""
+    from .model import member_layers
+
+    fcs = member_layers(model, "fc")
+    for fc in fcs:
+        if fc.activation is not keras.activations.relu:
+            raise ValueError(f"{fc.name}: Grad-CAM's closed form assumes a ReLU after the hidden layer")
+    kernel, bias = model.get_layer("probs").get_weights()
+    rows = np.split(kernel, np.cumsum([fc.units for fc in fcs])[:-1])
+    arrays = {"out_bias": bias}
+    for k, (fc, out_rows) in enumerate(zip(fcs, rows, strict=True)):
+        fc_kernel, fc_bias = fc.get_weights()
+        arrays |= {f"fc_kernel_{k}": fc_kernel, f"fc_bias_{k}": fc_bias, f"out_kernel_{k}": out_rows}
+
+    def compact(a):
+        with np.errstate(over="ignore"):  # a value past float16's range simply keeps the array in float32
+            half = a.astype(np.float16)
+        return half if np.array_equal(half.astype(np.float32), a) else a.astype(np.float32)
+
+    return {name: compact(np.asarray(a, np.float32)) for name, a in arrays.items()}
+
+
+def write_explainer(model: keras.Model, served: str | Path, arrays: np.ndarray, folder: Path | None = None) -> dict:
+    """Write the companion of the served TFLite file ``served`` (exported from ``model``): the served file with each
+    network's last activations as further outputs (:func:`with_outputs`), and the head's weights. Both go to
+    ``folder`` (default: beside ``served``).
+
+    Checked on ``arrays`` (n, h, w, 3), preprocessed: the companion's probabilities are the served file's, bit for
+    bit; the head's weights give the Keras model's probabilities from its float activations (to float rounding)
+    and the companion's from its own (:data:`INT8_HEAD_TOLERANCE` where those are 8-bit). Raises ValueError on any
+    mismatch (the caller discards the folder). Returns the entry for the model's JSON (``explainer``)."""
+    from .gradcam import Head
+    from .inference import LiteModel
+    from .model import LAST_CONV_LAYER, member_layers
+
+    served = Path(served)
+    tflite, head_file = (Path(folder or served.parent) / p.name for p in companion_paths(served))
+    tensors = activation_tensors(model, served)
+    with_outputs(served, tensors, tflite)
+    np.savez_compressed(head_file, **head_weights(model))
+    head = Head.load(head_file)
+    # The head's weights must be the model's own: on the Keras model's float activations they give its
+    # probabilities to float rounding.
+    convs = [layer.output for layer in member_layers(model, LAST_CONV_LAYER)]
+    keras_probs, *keras_activations = keras.Model(model.input, [model.output, *convs]).predict(
+        arrays, batch_size=16, verbose=0
+    )
+    keras_error = float(np.abs(head.probabilities(keras_activations) - keras_probs).max())
+    if keras_error > 1e-5:
+        raise ValueError(
+            f"{head_file.name}: the head's weights give the Keras model's probabilities off by {keras_error:.2g}"
+        )
+    served_probs = LiteModel(served, num_threads=1).in_batches(arrays)
+    probs, *activations = LiteModel(tflite, num_threads=1).outputs_in_batches(arrays)
+    if not np.array_equal(probs, served_probs):
+        differ = float(np.abs(probs - served_probs).max())
+        raise ValueError(f"{tflite.name} answers other than {served.name} (by up to {differ:.2g}): not written")
+    # In an int8 file the pooling runs on the 8-bit activations, the worker's numpy head on their float values:
+    # the two part by a few thousandths (0.0026 on the shipped model); further apart, the outputs are mismatched.
+    int8 = LiteModel(tflite, num_threads=1).quantised_outputs()
+    tolerance = INT8_HEAD_TOLERANCE if any(int8[1:]) else 1e-4
+    head_error = float(np.abs(head.probabilities(activations) - probs).max())
+    if head_error > tolerance:
+        raise ValueError(f"{head_file.name}: the head on {tflite.name}'s activations is off by {head_error:.2g}")
+    return {
+        "file": tflite.name,
+        "head": head_file.name,
+        "networks": len(activations),
+        "activations_int8": bool(any(int8[1:])),
+        "checked_images": len(arrays),
+        "head_max_probability_error_keras": keras_error,
+        "head_max_probability_error": head_error,
+    }
+
+
+def check_arrays(input_size: tuple[int, int], data_dir: Path, count: int = 64) -> np.ndarray:
+    """Preprocessed HAM10000 val images to check a companion file on (random arrays where the data is absent)."""
+    from . import data
+    from .preprocess import load_image, to_array
+
+    if (data_dir / "split.csv").exists():
+        val = data.part(data.load_dataset(data_dir), "val")
+        files = val["path"].iloc[:: max(len(val) // count, 1)].iloc[:count]
+        return np.stack([to_array(load_image(f), input_size) for f in files])
+    return np.random.default_rng(0).uniform(-1, 1, (8, *input_size, 3)).astype(np.float32)
+
+
+def add_explainer(model_file: Path, data_dir: Path) -> dict:
+    """Write the companion of an existing served model (``<name>.tflite`` beside ``model_file``) and record both
+    files' digests in its JSON; the model's version and its served file stay as they are."""
+    import json
+
+    from .inference import model_metadata
+    from .model import load
+    from .train import sha256
+
+    meta = model_metadata(model_file)
+    served = model_file.with_suffix(".tflite")
+    if meta["files"].get(served.name) != sha256(served):
+        raise ValueError(f"{served} is not the file its JSON names: re-export the model instead")
+    model = load(model_file.with_suffix(".keras"), compile=False)
+    arrays = check_arrays(tuple(meta["input_size"]), data_dir)
+    with tempfile.TemporaryDirectory(dir=served.parent, prefix=".explainer-") as tmp:
+        entry = write_explainer(model, served, arrays, Path(tmp))
+        for name in (entry["file"], entry["head"]):
+            os.replace(Path(tmp) / name, served.parent / name)
+    meta["explainer"] = entry
+    meta["files"] |= {name: sha256(served.parent / name) for name in (entry["file"], entry["head"])}
+    model_file.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return entry
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import logging
+
+    from . import paths
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ml.export",
+        description="Write the worker's companion file (probabilities and last activations in one LiteRT call) "
+        "and the head's weights beside a served model, and record them in its JSON.",
+    )
+    parser.add_argument("--model", type=Path, default=paths.SHIPPED_MODEL.with_suffix(".keras"))
+    parser.add_argument("--data-dir", type=Path, default=paths.DATA_DIR, help="HAM10000, for the images it checks on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    entry = add_explainer(args.model, args.data_dir)
+    print(
+        f"wrote {entry['file']} and {entry['head']} ({entry['networks']} networks); same probabilities as the served "
+        f"file on {entry['checked_images']} images; head's probabilities within {entry['head_max_probability_error']:.1g}"
+    )
+
+
+if __name__ == "__main__":
+    main()

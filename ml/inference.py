@@ -75,8 +75,10 @@ def model_metadata(model_path: str | Path) -> dict:
 class LiteModel:
     """A LiteRT interpreter over one TFLite file: (n, h, w, 3) arrays -> (n, 7) probabilities, batch size as given.
 
-    Knows nothing of the model's JSON: :class:`Classifier` adds that, and ``ml.calibrate`` uses this alone on a
-    file it has just written."""
+    A file with more outputs (the worker's companion, ``ml.export.write_explainer``) gives them all through
+    :meth:`outputs`, in the order of the Keras model's outputs (its signature's ``output_0``, ``output_1``, ...);
+    the probabilities come first. Knows nothing of the model's JSON: :class:`Classifier` adds that, and
+    ``ml.calibrate`` uses this alone on a file it has just written."""
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -84,11 +86,17 @@ class LiteModel:
         threads = num_threads or int(os.environ.get("SKINSITE_INFERENCE_THREADS", 0)) or os.cpu_count() or 1
         self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._outputs = output_indices(self._interpreter)
+        by_index = {d["index"]: d for d in self._interpreter.get_tensor_details()}
+        # An 8-bit output (an int8 file's activations, ml.export.with_outputs) is given back as its float values.
+        self._scales = [
+            by_index[i]["quantization"] if by_index[i]["dtype"] != np.float32 else None for i in self._outputs
+        ]
         self._batch = None
         self._lock = threading.Lock()  # an interpreter is not thread-safe
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file for (n, h, w, 3) arrays, in the model's order, as float32 copies."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         with self._lock:
             if self._batch != len(batch):
@@ -97,13 +105,61 @@ class LiteModel:
                 self._batch = len(batch)
             self._interpreter.set_tensor(self._input, batch)
             self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output).copy()
+            raw = [self._interpreter.get_tensor(i) for i in self._outputs]
+        return [
+            out.copy() if scale is None else (out.astype(np.float32) - scale[1]) * np.float32(scale[0])
+            for out, scale in zip(raw, self._scales, strict=True)
+        ]
+
+    def quantised_outputs(self) -> list[bool]:
+        """Which outputs the file gives in 8 bits (and :meth:`outputs` as their float values)."""
+        return [scale is not None for scale in self._scales]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def outputs_in_batches(self, arrays: np.ndarray, size: int = 32) -> list[np.ndarray]:
+        """:meth:`outputs` for many arrays, ``size`` at a time (the interpreter's memory grows with the batch)."""
+        parts = [self.outputs(arrays[s : s + size]) for s in range(0, len(arrays), size)]
+        return [np.concatenate(column) for column in zip(*parts, strict=True)]
 
     def in_batches(self, arrays: np.ndarray, size: int = 32) -> np.ndarray:
-        """Probabilities for many arrays, ``size`` at a time (the interpreter's memory grows with the batch)."""
+        """Probabilities for many arrays, ``size`` at a time."""
         if len(arrays) == 0:
             return np.zeros((0, len(CLASSES)), dtype=np.float32)
         return np.concatenate([self(arrays[s : s + size]) for s in range(0, len(arrays), size)])
+
+
+def output_indices(interpreter) -> list[int]:
+    """The tensor indices of an interpreter's outputs in the exported model's order: the signature names them
+    ``output_0``, ``output_1``, ... (the flatbuffer's own output list need not keep that order)."""
+    signatures = interpreter.get_signature_list()
+    if not signatures:
+        return [d["index"] for d in interpreter.get_output_details()]
+    details = interpreter.get_signature_runner(next(iter(signatures))).get_output_details()
+    if len(details) == 1:
+        return [d["index"] for d in details.values()]
+
+    def position(name: str) -> int:
+        prefix, _, number = name.rpartition("_")
+        if prefix != "output" or not number.isdigit():
+            raise ValueError(f"unexpected output name {name!r}: cannot tell the outputs' order")
+        return int(number)
+
+    return [details[name]["index"] for name in sorted(details, key=position)]
+
+
+def prediction_of(probs: np.ndarray, version: str) -> Prediction:
+    """A :class:`Prediction` of 7 probabilities (renormalised in float64)."""
+    probs = np.asarray(probs, np.float64) / np.sum(probs)
+    best = int(np.argmax(probs))
+    return Prediction(
+        probabilities={c: float(p) for c, p in zip(CLASSES, probs)},
+        predicted_class=CLASSES[best],
+        confidence=float(probs[best]),
+        malignant=CLASSES[best] in MALIGNANT,
+        model_version=version,
+    )
 
 
 class Classifier:
@@ -128,15 +184,7 @@ class Classifier:
         return self.to_prediction(probs)
 
     def to_prediction(self, probs: np.ndarray) -> Prediction:
-        probs = probs.astype(np.float64) / probs.sum()
-        best = int(np.argmax(probs))
-        return Prediction(
-            probabilities={c: float(p) for c, p in zip(CLASSES, probs)},
-            predicted_class=CLASSES[best],
-            confidence=float(probs[best]),
-            malignant=CLASSES[best] in MALIGNANT,
-            model_version=self.version,
-        )
+        return prediction_of(probs, self.version)
 
 
 @functools.cache

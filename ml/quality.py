@@ -14,7 +14,7 @@ the model whose features it read):
 of HAM10000 test images wrongly flagged and, per category, the fraction of non-dermoscopic images flagged,
 and writes them into ``metrics.json`` and the model card.
 
-This module imports no TensorFlow at import time; the commands load the Keras model through ``ml.explain``.
+This module imports no TensorFlow; the commands read the features from the served companion file (``ml.explain``).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def stored_version(path: str | Path | None = None) -> str:
 # --- fitting -------------------------------------------------------------------------------------------------
 
 
-def extract(grad_cam, images: list, batch: int = 32, desc: str = "") -> tuple[list[dict[str, float]], np.ndarray]:
+def extract(extractor, images: list, batch: int = 32, desc: str = "") -> tuple[list[dict[str, float]], np.ndarray]:
     """Image statistics and pooled features of many images (paths or PIL images), batched."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -206,22 +206,23 @@ def extract(grad_cam, images: list, batch: int = 32, desc: str = "") -> tuple[li
 
     def load(item):
         image = load_image(item)
-        return image_stats(image), to_array(image, grad_cam.input_size)
+        return image_stats(image), to_array(image, extractor.input_size)
 
     stats, features = [], []
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(images), batch):
             loaded = list(pool.map(load, images[start : start + batch]))
             stats.extend(s for s, _ in loaded)
-            features.append(grad_cam.pooled_features(np.stack([a for _, a in loaded])))
+            features.append(extractor.pooled_features(np.stack([a for _, a in loaded])))
             if desc and (start // batch) % 20 == 0:
                 log.info("%s: %d/%d", desc, start + len(loaded), len(images))
     return stats, np.concatenate(features)
 
 
-def cached_extract(grad_cam, version: str, frame, part: str) -> tuple[list[dict[str, float]], np.ndarray]:
-    """:func:`extract` over one split part, kept in ml/cache/quality/<model version>/ (it takes minutes)."""
-    folder = paths.CACHE_DIR / "quality" / version
+def cached_extract(extractor, version: str, frame, part: str) -> tuple[list[dict[str, float]], np.ndarray]:
+    """:func:`extract` over one split part, kept in ml/cache/quality/<model version>/<kind of features>/ (it takes
+    minutes): the Keras model's float features and the served companion's differ."""
+    folder = paths.CACHE_DIR / "quality" / version / getattr(extractor, "feature_source", "keras")
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / f"{part}.npz"
     if file.exists():
@@ -231,7 +232,7 @@ def cached_extract(grad_cam, version: str, frame, part: str) -> tuple[list[dict[
                 table = stored["stats"]
                 return [dict(zip(STAT_NAMES, map(float, row))) for row in table], stored["features"]
     rows = frame[frame["split"] == part]
-    stats, features = extract(grad_cam, rows["path"].tolist(), desc=part)
+    stats, features = extract(extractor, rows["path"].tolist(), desc=part)
     table = np.asarray([[s[k] for k in STAT_NAMES] for s in stats])
     np.savez(file, stats=table, stat_names=np.asarray(STAT_NAMES), features=features)
     return stats, features
@@ -248,13 +249,13 @@ VAL_FLAG_RATE = 0.015
 PCA_COMPONENTS = 128
 
 
-def fit(grad_cam, version: str, frame) -> tuple[QualityGate, dict]:
+def fit(extractor, version: str, frame) -> tuple[QualityGate, dict]:
     """Fit the gate: thresholds on train statistics, PCA + Ledoit-Wolf on train features, distance cut on val."""
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
-    train_stats, train_features = cached_extract(grad_cam, version, frame, "train")
-    _, val_features = cached_extract(grad_cam, version, frame, "val")
+    train_stats, train_features = cached_extract(extractor, version, frame, "train")
+    _, val_features = cached_extract(extractor, version, frame, "val")
     table = {k: np.asarray([s[k] for s in train_stats]) for k in STAT_NAMES}
 
     def low(key):
@@ -272,7 +273,7 @@ def fit(grad_cam, version: str, frame) -> tuple[QualityGate, dict]:
         model_version=version,
         # HAM10000 images are all 200x150, so the size floor is half the model's input height instead:
         # below it the model sees an image upsampled more than twice.
-        min_short_side=min(low("short_side"), grad_cam.input_size[0]) / 2,
+        min_short_side=min(low("short_side"), extractor.input_size[0]) / 2,
         min_contrast=MARGIN * low("contrast"),
         min_brightness=MARGIN * low("brightness"),
         max_brightness=1 - MARGIN * (1 - high("brightness")),
@@ -313,10 +314,12 @@ def main(argv: list[str] | None = None) -> None:
 
     frame = data.load_dataset(args.data_dir)
     if args.command == "fit":
-        from .explain import load_grad_cam
+        from .explain import Companion
 
-        grad_cam, version = load_grad_cam()
-        gate, report = fit(grad_cam, version, frame)
+        # Fitted on the features the worker reads: the served companion file's (8-bit activations where the
+        # served model is int8), not the Keras model's float ones.
+        companion = Companion()
+        gate, report = fit(companion, companion.version, frame)
         fitted = {"fitted_at": datetime.now(UTC).isoformat(timespec="seconds"), **report}
         gate.save(paths.MODELS_DIR / GATE_FILE_NAME, fitted)
         print(json.dumps({k: v for k, v in gate.__dict__.items() if np.ndim(v) == 0 or isinstance(v, str)} | fitted))

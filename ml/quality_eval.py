@@ -262,19 +262,20 @@ def summarise(name: str, expect: str, names: list[str], reasons: list[list[str]]
 
 def evaluate(frame: pd.DataFrame) -> dict:
     from .evaluate import update_metrics
-    from .explain import load_grad_cam
+    from .explain import Companion
 
     gate_file = paths.MODELS_DIR / GATE_FILE_NAME
     gate = QualityGate.load(gate_file)
     with np.load(gate_file) as stored:
         fit_report = json.loads(str(stored["report"])) if "report" in stored.files else {}
-    grad_cam, version = load_grad_cam()
+    extractor = Companion()  # the features the worker reads
+    version = extractor.version
     if version != gate.model_version:
         raise ValueError(f"{gate_file} is for {gate.model_version}, the model is {version}: run ml.quality fit")
 
     results = {}
     for part in ("val", "test"):
-        stats, features = cached_extract(grad_cam, version, frame, part)
+        stats, features = cached_extract(extractor, version, frame, part)
         reasons = gate.reasons(stats, features)
         ids = frame.loc[frame["split"] == part, "image_id"].tolist()
         results[part] = summarise(f"HAM10000 {part}", "passed", ids, reasons)
@@ -283,7 +284,7 @@ def evaluate(frame: pd.DataFrame) -> dict:
     rows = []
     for category in categories(test):
         named = list(category.images())
-        stats, features = extract(grad_cam, [im for _, im in named])
+        stats, features = extract(extractor, [im for _, im in named])
         reasons = gate.reasons(stats, features)
         keep = category.name.startswith(("scikit", "synthetic", "blank", "noise", "text"))
         rows.append(summarise(category.name, category.expect, [n for n, _ in named], reasons, keep_items=keep))
@@ -315,7 +316,7 @@ def evaluate(frame: pd.DataFrame) -> dict:
 def describe(gate: QualityGate, fit_report: dict) -> str:
     margin, fine = fit_report.get("margin", "?"), fit_report.get("fine_detail_margin", "?")
     return (
-        "Runs in the worker on every upload, in the Grad-CAM pass. Cheap checks on the image at the HAM10000 "
+        "Runs in the worker on every upload, on the same model pass as the prediction. Cheap checks on the image at the HAM10000 "
         f"images' own scale (resized to {HAM_SCALE[1]}x{HAM_SCALE[0]}, whatever the model's input size): shorter "
         f"side under {gate.min_short_side:.0f} px (of the upload); luminance standard deviation under {gate.min_contrast:.3f} (almost uniform); mean luminance under {gate.min_brightness:.3f} or "
         f"over {gate.max_brightness:.3f}; relative sharpness (Laplacian / contrast) under {gate.min_sharpness:.3f} or "

@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 from . import checkpoint, data, features, paths, stream  # noqa: E402
 from .bench import machine  # noqa: E402
 from .checkpoint import restore  # noqa: E402
-from .export import deflate, round_to_half, to_int8_tflite, to_tflite  # noqa: E402
+from .export import NoActivationTensor, check_arrays, deflate, round_to_half, to_int8_tflite, to_tflite, write_explainer  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import (  # noqa: E402
     choose_operating_point,
@@ -424,7 +424,8 @@ def finish(
         data_dir=str(data_dir),
         images={p: int((frame["split"] == p).sum()) for p in ("train", "val", "test")},
     )
-    return save(model, out, out_name(recipe), result, recipe.half_precision)
+    explain_on = check_arrays(tuple(recipe.input_size), data_dir, count=16)
+    return save(model, out, out_name(recipe), result, recipe.half_precision, explain_on=explain_on)
 
 
 def train_whole(
@@ -610,7 +611,9 @@ def set_operating_point(model, y_val: np.ndarray, logits: np.ndarray, prior: np.
     }
 
 
-def save(model, out: Path, name: str, result: dict, half: bool = True, int8_calibration=None, measure=None) -> dict:
+def save(
+    model, out: Path, name: str, result: dict, half: bool = True, int8_calibration=None, measure=None, explain_on=None
+) -> dict:
     """Write the Keras file, its TFLite export and the JSON beside them; the version names the TFLite hash.
 
     ``half``: weights rounded to float16 (in place) and stored so in the Keras file, and in the TFLite file
@@ -619,6 +622,8 @@ def save(model, out: Path, name: str, result: dict, half: bool = True, int8_cali
     8-bit integers, their ranges measured on those arrays (``ml.export.to_int8_tflite``).
     ``measure``: called with the new TFLite file's path before anything is in place; the dict it returns goes
     into the JSON (``ml.calibrate.save_served`` measures val on the file itself).
+    ``explain_on``: preprocessed arrays; where given, the worker's companion of the TFLite file is written too
+    (``ml.export.write_explainer``, checked on those arrays) and named in the JSON.
     The files are written to a folder beside ``out`` and moved in only when all of them are there, so a failed
     export or measurement leaves the model that was there as it was."""
     out.mkdir(parents=True, exist_ok=True)
@@ -646,6 +651,17 @@ def save(model, out: Path, name: str, result: dict, half: bool = True, int8_cali
                 files.append(to_int8_tflite(model, tflite_file, int8_calibration))
         hashes = {file.name: sha256(file) for file in files}
         digest = hashes[files[-1].name]
+        result.pop("explainer", None)  # a recalibrated model's JSON names the old file's companion
+        if explain_on is not None and tflite_file in files:
+            try:
+                result["explainer"] = write_explainer(model, tflite_file, explain_on, Path(tmp))
+            except NoActivationTensor as error:
+                # The model is saved without it; a worker refuses it with "run python -m ml.export".
+                log.warning("no companion file for the workers: %s", error)
+            else:
+                companions = [Path(tmp) / result["explainer"][key] for key in ("file", "head")]
+                hashes |= {file.name: sha256(file) for file in companions}
+                files += companions
         stamp = datetime.now(UTC)
         result.update(
             name="MobileNetV2 (ImageNet) fine-tuned on HAM10000",

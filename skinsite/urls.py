@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from analysis import views
 
@@ -27,6 +29,8 @@ urlpatterns = [
     path("accounts/password_change/", views.PasswordChange.as_view(), name="password_change"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    # Browsers ask for it on pages that name no icon (the Django admin's).
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg")), name="favicon"),
 ]
 
 # A database that is away is a 503 to retry wherever it fails, middleware included (analysis/middleware.py).

@@ -129,6 +129,7 @@ MATRIX = {
     "password_reset_complete": (none, PUBLIC),
     "admin:login": (none, rule(200, 200, 200, 200, ADMIN_INDEX)),  # a superuser is sent on to the index
     "admin:logout": (none, rule(ADMIN_INDEX, ADMIN_INDEX, ADMIN_INDEX, ADMIN_INDEX, 405)),  # POST only
+    "favicon": (none, everyone(302)),  # to the static icon
     # Every other admin:* URL: ADMIN_ONLY (see admin_rows).
 }
 

@@ -115,12 +115,15 @@ def test_lists_and_the_status_poll_are_not_recorded_row_by_row(client, staff, an
     assert trail() == []
 
 
-def test_an_outsiders_404_records_no_view(client, outsider, patient, analysis):
+def test_an_outsiders_404_records_no_view_only_the_ask_for_another_clinics_record(client, outsider, patient, analysis):
     client.force_login(outsider)
     assert client.get(reverse("patient-detail", args=[patient.pk])).status_code == 404
     assert client.get(reverse("analysis-report", args=[analysis.pk])).status_code == 404
 
-    assert trail() == []
+    assert trail() == [
+        ("outsider", AuditEvent.Action.OTHER_CLINICS_RECORD, "patient", patient.pk, None),
+        ("outsider", AuditEvent.Action.OTHER_CLINICS_RECORD, "analysis", analysis.pk, None),
+    ]
 
 
 def test_recording_a_view_costs_the_page_one_insert(client, staff, patient, analysis):

@@ -94,16 +94,13 @@ def test_the_task_stores_the_explanation_of_the_predicted_class(case, staff):
     analysis = AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff))
     prediction = mock.Mock(probabilities=probabilities_with_malignant(0.9), model_version="v-test")
     prediction.predicted_class = max(prediction.probabilities, key=prediction.probabilities.get)
-    explanation = mock.Mock(overlay=Image.new("RGB", (40, 30), "red"), quality_flags=[FLAG])
-    with (
-        mock.patch.object(tasks, "classifier") as classifier,
-        mock.patch.object(tasks, "explainer") as explainer,
-        mock.patch.object(tasks.render_report, "delay"),
-    ):
-        classifier.return_value.predict.return_value = prediction
+    explanation = mock.Mock(prediction=prediction, overlay=Image.new("RGB", (40, 30), "red"), quality_flags=[FLAG])
+    with mock.patch.object(tasks, "explainer") as explainer, mock.patch.object(tasks.render_report, "delay"):
         explainer.return_value.explain.return_value = explanation
         assert tasks.analyse.run(analysis.pk) == "done"
-    assert explainer.return_value.explain.call_args.kwargs == {"class_index": 4}  # mel, the predicted class
+    # One pass: the explainer's own prediction, its heatmap of the predicted class (the default) and its flags.
+    (picture,), options = explainer.return_value.explain.call_args
+    assert options == {} and picture.size == (40, 30)
     analysis.refresh_from_db()
     assert (analysis.status, analysis.quality_flags, analysis.risk_tier) == ("done", [FLAG], "uncertain")
     with Image.open(analysis.heatmap) as stored:

@@ -120,7 +120,7 @@ def test_the_combined_model_exports_to_tflite_with_the_same_probabilities(trio, 
 def test_grad_cam_on_an_ensemble_adds_the_members_maps_and_averages_their_features(trio):
     import keras
 
-    from ml.explain import GradCam
+    from ml.keras_gradcam import GradCam
     from ml.model import member_layers
 
     members, model = trio
@@ -330,3 +330,43 @@ def test_weights_beyond_float16_range_are_refused_not_turned_into_infinity(trio)
     with pytest.raises(ValueError, match="beyond float16's range"):
         round_to_half(copy)
     assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), before, strict=True))  # nothing changed
+
+
+def test_the_numpy_grad_cam_is_the_keras_grad_cam_of_an_ensemble(trio, tmp_path):
+    """ml.gradcam's closed form, from the members' activations and the stored head, against TensorFlow's gradients."""
+    import keras
+
+    from ml.export import head_weights
+    from ml.gradcam import Head
+    from ml.keras_gradcam import GradCam
+    from ml.model import member_layers
+
+    _, model = trio
+    np.savez(tmp_path / "head.npz", **head_weights(model))
+    head = Head.load(tmp_path / "head.npz")
+    assert head.members == 3
+    convs = keras.Model(model.input, [layer.output for layer in member_layers(model, "out_relu")])
+    grad_cam = GradCam(model, SIZE)
+    for i, x in enumerate(inputs(3)):
+        activations = [a[0] for a in convs.predict(x[None], verbose=0)]
+        for class_index in (i, 4):
+            heat, pooled, probs = grad_cam(x, class_index)
+            np.testing.assert_allclose(head.cam(activations, class_index), heat, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(head.features([a[None] for a in activations])[0], pooled, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(head.probabilities([a[None] for a in activations])[0], probs, atol=1e-6)
+
+
+def test_the_companion_file_gives_the_served_files_probabilities_and_the_activations(trio, tmp_path):
+    from ml.export import to_tflite, write_explainer
+    from ml.gradcam import Head
+    from ml.inference import LiteModel
+
+    _, model = trio
+    served = to_tflite(model, tmp_path / "m.tflite", half=False)
+    entry = write_explainer(model, served, inputs(4))
+    assert (entry["networks"], entry["activations_int8"]) == (3, False)
+    probs, *activations = LiteModel(tmp_path / entry["file"]).outputs(inputs(4))
+    np.testing.assert_array_equal(probs, LiteModel(served)(inputs(4)))
+    assert [a.shape for a in activations] == [(4, 2, 3, activations[0].shape[-1])] * 3
+    head = Head.load(tmp_path / entry["head"])
+    np.testing.assert_allclose(head.probabilities(activations), probs, atol=1e-4)

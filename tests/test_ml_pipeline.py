@@ -115,7 +115,9 @@ def test_training_writes_model_files_and_metadata(tiny_run):
     assert meta["input_size"] == [64, 64]
     assert meta["version"].startswith("mnv2-ham10000-improved-")
     assert meta["temperature"] > 0
-    assert set(meta["files"]) == {"skinsite.keras", "skinsite.tflite"}
+    # with the worker's companion file and the head's weights (ml.export.write_explainer)
+    assert set(meta["files"]) == {"skinsite.keras", "skinsite.tflite", "skinsite.explain.tflite", "skinsite.head.npz"}
+    assert meta["explainer"]["file"] == "skinsite.explain.tflite"
 
 
 def test_tflite_export_gives_the_same_probabilities_as_keras(tiny_run, tmp_path):

@@ -203,3 +203,23 @@ def test_analyze_command_queues_files_and_waits_for_the_results(broker, case, st
         "done",
         "done",
     ]
+
+
+def test_a_worker_analyses_images_without_tensorflow_or_keras(broker, case, staff, tmp_path):
+    """The worker's model is the LiteRT companion file and numpy: with TensorFlow and Keras made unimportable in
+    the worker's processes, images still end done with a heatmap, nothing tried to import them, and no
+    TensorFlow library is mapped into the pool process."""
+    attempts = tmp_path / "imports.log"
+    with Worker(
+        broker,
+        tmp_path / "worker.log",
+        SKINSITE_TEST_FORBID_IMPORTS="tensorflow,keras,tf_keras",
+        SKINSITE_TEST_IMPORT_LOG=str(attempts),
+    ) as worker:
+        ids = [submit_image(case, lesion_jpeg(i), staff).pk for i in range(3)]
+        wait_for(lambda: all_finished(ids), 60, "3 analyses", worker)
+        maps = [Path(f"/proc/{pid}/maps").read_text() for pid in worker.pool_pids()]
+    assert statuses(ids) == ["done"] * 3
+    assert all(a.heatmap and a.quality_flags is not None for a in Analysis.objects.filter(pk__in=ids))
+    assert not attempts.exists(), attempts.read_text()
+    assert maps and not any("tensorflow" in m or "libtensorflow" in m for m in maps)

@@ -67,9 +67,10 @@ def test_the_task_stores_the_model_result_in_one_step(case, staff):
         predicted_class="mel",
         model_version="test-model",
     )
-    with mock.patch.object(tasks, "classifier") as classifier, mock.patch.object(tasks, "explainer") as explainer:
-        classifier.return_value.predict.return_value = fake
-        explainer.return_value.explain.return_value = mock.Mock(overlay=Image.new("RGB", (8, 6)), quality_flags=[])
+    with mock.patch.object(tasks, "explainer") as explainer:
+        explainer.return_value.explain.return_value = mock.Mock(
+            prediction=fake, overlay=Image.new("RGB", (8, 6)), quality_flags=[]
+        )
         result, report = run_task(analysis.pk)
     assert result == "done"
     report.assert_called_once_with(analysis.pk)
@@ -83,10 +84,10 @@ def test_the_task_stores_the_model_result_in_one_step(case, staff):
 def test_a_duplicated_message_does_nothing_once_the_analysis_is_claimed(case):
     analysis = AnalysisFactory(image__case=case)
     assert Analysis.claim(analysis.pk)
-    with mock.patch.object(tasks, "classifier") as classifier:
+    with mock.patch.object(tasks, "explainer") as explainer:
         result, report = run_task(analysis.pk)
     assert result.startswith("skipped")
-    assert not classifier.called and not report.called
+    assert not explainer.called and not report.called
     assert Analysis.objects.get(pk=analysis.pk).attempts == 1
 
 
@@ -97,7 +98,7 @@ def test_a_message_for_a_deleted_analysis_returns_quietly():
 
 def test_an_unexpected_error_records_failed_and_is_raised(case):
     analysis = AnalysisFactory(image__case=case)
-    with mock.patch.object(tasks, "classifier", side_effect=RuntimeError("boom")), pytest.raises(RuntimeError):
+    with mock.patch.object(tasks, "explainer", side_effect=RuntimeError("boom")), pytest.raises(RuntimeError):
         run_task(analysis.pk)
     analysis.refresh_from_db()
     assert analysis.status == "failed"

@@ -17,7 +17,6 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 from PIL import Image, UnidentifiedImageError
 
-from analysis.classes import CLASS_CODES
 from analysis.models import Analysis
 from ml.preprocess import load_image
 from workers.celery import app
@@ -58,15 +57,9 @@ def request_report(analysis_id: int) -> bool:
     return False
 
 
-def classifier():
-    """The worker process's model, loaded once (ml.inference keeps it) and never per task."""
-    from ml.inference import get_classifier
-
-    return get_classifier()
-
-
 def explainer():
-    """The worker process's Keras model for Grad-CAM and the quality gate, loaded once (ml.explain keeps it)."""
+    """The worker process's model (the served model's LiteRT companion file, its head's weights and the quality
+    gate), loaded once (ml.explain keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
     from ml.explain import get_explainer
 
     return get_explainer()
@@ -75,22 +68,21 @@ def explainer():
 @worker_process_init.connect
 def _load_model_in_child(**kwargs) -> None:
     # Loaded in the forked child, never in the parent (models shared across fork can hang), and warmed
-    # up once so the first analysis is not the slow one.
+    # up once so the first analysis is not the slow one. workers.bench reads this line's seconds.
     started = time.perf_counter()
-    model = classifier()
-    warm_up = Image.new("RGB", (200, 150), "sienna")
-    model.predict(warm_up)
-    explainer().explain(warm_up, class_index=0)
-    log.info("models %s loaded and warmed up in %.2f s", model.version, time.perf_counter() - started)
+    model = explainer()
+    model.explain(Image.new("RGB", (200, 150), "sienna"))
+    log.info("model %s loaded and warmed up in %.2f s", model.version, time.perf_counter() - started)
 
 
-def explanation_of(picture: Image.Image, predicted_class: str) -> tuple[list[str], bytes]:
-    """The quality gate's flags and the Grad-CAM overlay (PNG bytes) of the predicted class."""
-    explanation = explainer().explain(picture, class_index=CLASS_CODES.index(predicted_class))
+def explanation_of(picture: Image.Image):
+    """The prediction, the quality gate's flags and the Grad-CAM overlay (PNG bytes) of the predicted class, from
+    one pass of the model."""
+    explanation = explainer().explain(picture)
     png = io.BytesIO()
     # Fast compression: zlib's default costs 4x as long for 15% fewer bytes, and `optimize` 30x.
     explanation.overlay.save(png, format="PNG", compress_level=1)
-    return list(explanation.quality_flags), png.getvalue()
+    return explanation.prediction, list(explanation.quality_flags), png.getvalue()
 
 
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=5)
@@ -102,10 +94,9 @@ def analyse(self, analysis_id: int) -> str:
         try:
             with analysis.image.image.open("rb") as handle:
                 picture = load_image(handle)  # read and decoded once, for the prediction and its explanation
-            prediction = classifier().predict(picture)
-            # After the fast prediction: the heatmap of its class and the check that the image is what the
-            # model was made for. Both are stored with the result, in the same step.
-            quality_flags, heatmap_png = explanation_of(picture, prediction.predicted_class)
+            # The prediction, the heatmap of its class and the check that the image is what the model was made
+            # for, stored with the result in the same step.
+            prediction, quality_flags, heatmap_png = explanation_of(picture)
         except UNREADABLE as error:
             analysis.fail(f"The image could not be read as a picture ({type(error).__name__}: {error})"[:500])
             return "failed: unreadable image"

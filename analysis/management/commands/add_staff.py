@@ -28,6 +28,10 @@ class Command(BaseCommand):
             changes.append(f"created clinic {clinic!r}")
 
         user, created = get_user_model().objects.get_or_create(username=username, defaults={"email": email})
+        if user.is_superuser:
+            # Platform admins see every clinic in the Django admin; in a clinic their token would also read that
+            # clinic's patients through the API as one of its staff.
+            raise CommandError(f"{username!r} is a platform admin (superuser): platform admins belong to no clinic")
         if created:
             changes.append(f"created user {username!r}")
         # check_password first: set_password salts anew, so it would rewrite an unchanged password.
