@@ -252,37 +252,40 @@ def render_pdf(analysis: Analysis) -> bytes:
         reverse=True,
     )
     footer = f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}"
-    html = render_to_string(
-        "reports/analysis.html",
-        {
-            "analysis": analysis,
-            "image": image,
-            "case": case,
-            "patient": patient,
-            "clinic": patient.clinic,
-            "analysed_at": timezone.localtime(analysis.finished_at, tz),
-            "printed_at": timezone.localtime(timezone.now(), tz),
-            "time_zone": patient.clinic.time_zone,
-            "predicted_name": CLASS_NAMES[analysis.predicted_class],
-            "confidence_percent": round(100 * analysis.confidence, 1),
-            "malignant_percent": round(100 * (analysis.malignant_probability or 0), 1),
-            "rows": rows,
-            "image_uri": _image_data_uri(analysis),
-            "heatmap_uri": _png_data_uri(analysis.heatmap) if analysis.has_heatmap else None,
-            "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
-            "tier_reason": tier_reason(analysis),
-            "top_is_malignant": analysis.predicted_class in MALIGNANT,
-            "melanoma_figures": MELANOMA_FIGURES,
-            "captured_at": timezone.localtime(image.captured_at, tz) if image.captured_at else None,
-            "uploaded_at": timezone.localtime(image.uploaded_at, tz),
-            "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
-            "flagged_warning": FLAGGED_WARNING,
-            "card": model_card_figures(analysis.model_version),
-            "similar": similar_lesions(analysis),
-            "disclaimer": DISCLAIMER,
-            "footer_css": mark_safe(css_string(_CONTROL_CHARACTERS.sub(" ", footer))),
-        },
-    )
+    # The template's date filter writes every time in the active zone: the clinic's, as its pages and FHIR do
+    # (a worker's own zone is the server's).
+    with timezone.override(tz):
+        html = render_to_string(
+            "reports/analysis.html",
+            {
+                "analysis": analysis,
+                "image": image,
+                "case": case,
+                "patient": patient,
+                "clinic": patient.clinic,
+                "analysed_at": analysis.finished_at,
+                "printed_at": timezone.now(),
+                "time_zone": patient.clinic.time_zone,
+                "predicted_name": CLASS_NAMES[analysis.predicted_class],
+                "confidence_percent": round(100 * analysis.confidence, 1),
+                "malignant_percent": round(100 * (analysis.malignant_probability or 0), 1),
+                "rows": rows,
+                "image_uri": _image_data_uri(analysis),
+                "heatmap_uri": _png_data_uri(analysis.heatmap) if analysis.has_heatmap else None,
+                "tier_meaning": TIER_MEANING.get(analysis.risk_tier),
+                "tier_reason": tier_reason(analysis),
+                "top_is_malignant": analysis.predicted_class in MALIGNANT,
+                "melanoma_figures": MELANOMA_FIGURES,
+                "captured_at": image.captured_at,
+                "uploaded_at": image.uploaded_at,
+                "triage": triage_summary(analysis.model_version) if analysis.risk_tier else None,
+                "flagged_warning": FLAGGED_WARNING,
+                "card": model_card_figures(analysis.model_version),
+                "similar": similar_lesions(analysis),
+                "disclaimer": DISCLAIMER,
+                "footer_css": mark_safe(css_string(_CONTROL_CHARACTERS.sub(" ", footer))),
+            },
+        )
     html = _CONTROL_CHARACTERS.sub(" ", html)
     return HTML(string=html, url_fetcher=report_url_fetcher()).write_pdf()
 

@@ -8,6 +8,7 @@ import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 import tinycss2
@@ -17,7 +18,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from PIL import Image
 from pypdf import PdfReader
 
-from analysis import reports
+from analysis import fhir, reports
 from analysis.classes import CLASS_NAMES
 from analysis.models import Analysis
 from tests.cards import group
@@ -103,6 +104,28 @@ def test_a_model_version_without_its_card_says_so_rather_than_showing_numbers(do
     settings.MODEL_METRICS = tmp_path / "missing.json"
     text = body_text(reports.render_pdf(Analysis.objects.get(pk=done_analysis.pk)))
     assert "measured accuracy is not shown" in text
+
+
+def test_the_report_prints_the_clinics_local_times_as_the_page_and_fhir_do(done_analysis, client, staff, settings):
+    # A worker in California, a clinic at UTC+14, times a little after 10:00 UTC: past midnight at the clinic.
+    settings.TIME_ZONE = "America/Los_Angeles"
+    clinic = done_analysis.image.case.patient.clinic
+    clinic.time_zone = "Pacific/Kiritimati"
+    clinic.save()
+    Analysis.objects.filter(pk=done_analysis.pk).update(finished_at=datetime(2026, 12, 7, 10, 30, 40, tzinfo=UTC))
+    type(done_analysis.image).objects.filter(pk=done_analysis.image.pk).update(
+        captured_at=datetime(2026, 12, 7, 10, 5, tzinfo=UTC)
+    )
+    analysis = Analysis.objects.get(pk=done_analysis.pk)
+
+    text = body_text(reports.render_pdf(analysis))
+    client.force_login(staff)
+    page = client.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
+
+    assert "analysed 8 December 2026, 00:30 (Pacific/Kiritimati)" in text
+    assert "taken 8 December 2026, 00:05 (Pacific/Kiritimati)" in text
+    assert "<dt>Finished</dt><dd>8 Dec 2026 00:30 +14</dd>" in page
+    assert fhir.instant(analysis.finished_at, ZoneInfo(clinic.time_zone)) == "2026-12-08T00:30:40+14:00"
 
 
 SUBGROUPS = {
