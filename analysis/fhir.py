@@ -6,8 +6,8 @@ One analysis, or every done analysis of one patient, becomes a Bundle of type "c
   date and sex; `Organization`: the clinic, the report's performer;
 - `Media`: the lesion image itself (base64), its body site, when it was taken;
 - `DiagnosticReport`: final, issued when the result was written, effective when the image was taken, the
-  conclusion in words (the triage tier first, then the most likely class, then the disclaimer), the PDF report
-  as `presentedForm`;
+  conclusion in words (the triage tier first, then the most likely class, then the disclaimer) and coded (the
+  verdict first, the class only where it agrees with it: `conclusion_codes`), the PDF report as `presentedForm`;
 - `Observation`s: one probability for each of the 7 classes, and one for the triage tier with the malignant
   probability as a component, each `derivedFrom` the Media;
 - `Device`: the model version that made the result, with its measured test accuracy.
@@ -117,6 +117,39 @@ def lesion_class(code: str) -> dict:
         snomed_code, display = SNOMED_CLASSES[code]
         codings.insert(0, coding(SNOMED, snomed_code, display))
     return {"coding": codings, "text": CLASS_NAMES[code]}
+
+
+# The verdict in words, as the conclusion's code: the tier is the answer, not the most likely class. No SNOMED CT
+# concept says "suspicious for malignancy, from a screening aid" without asserting a disorder, so the verdict
+# travels as our own tier code and its text.
+VERDICTS = {
+    Analysis.RiskTier.URGENT: "Urgent: suspicious for malignancy (melanoma, basal cell carcinoma or actinic "
+    "keratosis), review promptly",
+    Analysis.RiskTier.UNCERTAIN: "Uncertain: neither suspicious nor reassuring, for a clinician to judge",
+    Analysis.RiskTier.ROUTINE: "Routine: not suspicious for malignancy",
+}
+FLAGGED_VERDICT = "Uncertain: the image was flagged by the quality check, no finding"
+
+
+def verdict(analysis: Analysis) -> dict:
+    """The triage tier as a CodeableConcept, saying what it means: the first conclusion code of a report."""
+    words = FLAGGED_VERDICT if analysis.flagged else VERDICTS[analysis.risk_tier]
+    return {
+        "coding": [coding(LOCAL_TIER, analysis.risk_tier, analysis.get_risk_tier_display())],
+        "text": f"{words} (malignant probability {analysis.malignant_probability:.1%})",
+    }
+
+
+def conclusion_codes(analysis: Analysis) -> list[dict]:
+    """The verdict, then the most likely class where it agrees with the verdict (a malignant class of an urgent
+    result, a benign class of a routine one). An EHR that files by these codes must never file an urgent result
+    under a benign diagnosis, nor an uncertain or flagged one under any class."""
+    codes = [verdict(analysis)]
+    top_is_malignant = analysis.predicted_class in MALIGNANT
+    agrees = {Analysis.RiskTier.URGENT: top_is_malignant, Analysis.RiskTier.ROUTINE: not top_is_malignant}
+    if not analysis.flagged and agrees.get(analysis.risk_tier, False):
+        codes.append(lesion_class(analysis.predicted_class))
+    return codes
 
 
 def probability(value: float) -> dict:
@@ -360,11 +393,9 @@ class BundleBuilder:
             "result": results,
             "media": [{"comment": "The analysed lesion image", "link": media}],
             "conclusion": text(conclusion(analysis)),
+            "conclusionCode": conclusion_codes(analysis),
             "presentedForm": [attachment("application/pdf", pdf, file_name(analysis))],
         }
-        if not analysis.flagged:
-            # A flagged image's class is no finding of ours; its conclusion says so in words.
-            report["conclusionCode"] = [lesion_class(analysis.predicted_class)]
         self._add("report", analysis.pk, report)
 
     def bundle(self) -> dict:

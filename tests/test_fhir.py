@@ -158,9 +158,13 @@ def test_an_analysis_exports_as_a_valid_r4_bundle_of_what_is_stored(api, analysi
     assert base64.b64decode(pdf["hash"]) == hashlib.sha1(base64.b64decode(pdf["data"])).digest()
     assert "Screening aid only, not a diagnosis" in report["conclusion"]
     assert report["conclusion"].startswith(f"Triage: {analysis.get_risk_tier_display()}")
-    # mel is the top class here: SNOMED CT's malignant melanoma, beside our own code.
-    assert codes(report["conclusionCode"][0], fhir.SNOMED) == ["372244006"]
-    assert codes(report["conclusionCode"][0], fhir.LOCAL_CLASS) == ["mel"]
+    # The verdict first; mel, the top class of this urgent result, agrees with it: SNOMED CT's malignant
+    # melanoma, beside our own code.
+    verdict, top_class = report["conclusionCode"]
+    assert codes(verdict, fhir.LOCAL_TIER) == ["urgent"]
+    assert verdict["text"].startswith("Urgent: suspicious for malignancy")
+    assert codes(top_class, fhir.SNOMED) == ["372244006"]
+    assert codes(top_class, fhir.LOCAL_CLASS) == ["mel"]
 
     [media] = resources(bundle, "Media")
     assert report["media"][0]["link"]["reference"] == next(
@@ -243,7 +247,7 @@ def test_an_unknown_capture_time_is_said_and_not_invented(api, patient):
     assert "was not recorded" in media["note"][0]["text"]
 
 
-def test_a_flagged_image_has_no_class_as_its_conclusion(api, patient):
+def test_a_flagged_image_is_coded_as_uncertain_and_never_by_its_class(api, patient):
     flags = ["The image is almost uniform: it may be blank."]
     analysis = finish(
         AnalysisFactory(image=LesionImageFactory(case=CaseFactory(patient=patient))),
@@ -253,7 +257,9 @@ def test_a_flagged_image_has_no_class_as_its_conclusion(api, patient):
     bundle = export(api, f"/api/analyses/{analysis.pk}/fhir/")
     valid(bundle)
     [report] = resources(bundle, "DiagnosticReport")
-    assert "conclusionCode" not in report
+    [verdict] = report["conclusionCode"]
+    assert codes(verdict, fhir.LOCAL_TIER) == ["uncertain"] and verdict["coding"] == [verdict["coding"][0]]
+    assert verdict["text"].startswith("Uncertain: the image was flagged by the quality check, no finding")
     assert report["conclusion"].startswith("Triage: Uncertain")
     assert "flagged by the quality check (The image is almost uniform" in report["conclusion"]
     tier = next(o for o in resources(bundle, "Observation") if o["id"].endswith("-triage"))
@@ -261,7 +267,7 @@ def test_a_flagged_image_has_no_class_as_its_conclusion(api, patient):
     assert flags[0] in tier["note"][0]["text"]
 
 
-def test_an_urgent_result_with_a_benign_top_class_says_why(api, patient):
+def test_an_urgent_result_with_a_benign_top_class_is_coded_as_suspicious_never_as_its_class(api, patient):
     probabilities = {"akiec": 0.02, "bcc": 0.02, "bkl": 0.03, "df": 0.01, "mel": 0.30, "nv": 0.60, "vasc": 0.02}
     assert triage.malignant_probability(probabilities) >= triage.load_triage().urgent_threshold
     analysis = finish(
@@ -270,7 +276,34 @@ def test_an_urgent_result_with_a_benign_top_class_says_why(api, patient):
     [report] = resources(export(api, f"/api/analyses/{analysis.pk}/fhir/"), "DiagnosticReport")
     assert report["conclusion"].startswith("Triage: Urgent (malignant probability 34.0%).")
     assert "Urgent although the single most likely class is benign" in report["conclusion"]
-    assert codes(report["conclusionCode"][0], fhir.SNOMED) == ["400096001"]  # melanocytic naevus
+    # An EHR filing by the coded conclusion files a suspicion of malignancy, not a melanocytic naevus.
+    [verdict] = report["conclusionCode"]
+    assert verdict["coding"] == [{"system": fhir.LOCAL_TIER, "code": "urgent", "display": "Urgent"}]
+    assert verdict["text"] == (
+        "Urgent: suspicious for malignancy (melanoma, basal cell carcinoma or actinic keratosis), review promptly "
+        "(malignant probability 34.0%)"
+    )
+    assert "400096001" not in json.dumps(report["conclusionCode"])
+
+
+def test_a_routine_result_is_coded_as_routine_and_by_its_class_only_where_the_class_is_benign(api, patient):
+    melanoma_below = {"akiec": 0.005, "bcc": 0.005, "bkl": 0.199, "df": 0.197, "mel": 0.2, "nv": 0.197, "vasc": 0.197}
+    naevus = {"akiec": 0.01, "bcc": 0.01, "bkl": 0.05, "df": 0.01, "mel": 0.02, "nv": 0.89, "vasc": 0.01}
+    conclusion_codes = {}
+    for probabilities in (melanoma_below, naevus):
+        analysis = finish(
+            AnalysisFactory(image=LesionImageFactory(case=CaseFactory(patient=patient))), probabilities, report=True
+        )
+        assert analysis.risk_tier == "routine"
+        bundle = export(api, f"/api/analyses/{analysis.pk}/fhir/")
+        valid(bundle)
+        [report] = resources(bundle, "DiagnosticReport")
+        conclusion_codes[analysis.predicted_class] = [
+            codes(concept, fhir.LOCAL_TIER) + codes(concept, fhir.LOCAL_CLASS) + codes(concept, fhir.SNOMED)
+            for concept in report["conclusionCode"]
+        ]
+
+    assert conclusion_codes == {"mel": [["routine"]], "nv": [["routine"], ["nv", "400096001"]]}
 
 
 def test_a_patient_exports_every_done_analysis_in_one_bundle(api, patient, staff):

@@ -11,11 +11,20 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from PIL import Image
 
 from analysis import reports
 from analysis.models import Analysis
 from ml import triage
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, finish, jpeg_upload
+from tests.factories import (
+    AnalysisFactory,
+    CaseFactory,
+    LesionImageFactory,
+    PatientFactory,
+    encoded,
+    finish,
+    jpeg_upload,
+)
 from tests.test_api import client_for
 from tests.test_reports import body_text
 from workers import tasks
@@ -100,6 +109,30 @@ def test_lists_and_timeline_show_the_tier_first_and_the_class_as_detail(page, pa
     # Phones show each cell with its column's name (the header row is hidden there)
     for label in ["Analysis", "Patient", "Body site", "Status", "Triage", "Most likely class", "Submitted"]:
         assert f'data-label="{label}"' in row, label
+
+
+def test_the_timeline_says_why_an_urgent_result_with_a_benign_class_is_urgent(page, patient, urgent_benign):
+    html = page.get(reverse("patient-detail", args=[patient.pk])).content.decode()
+    card = html[html.index('class="badge tier-urgent"') :]
+    card = card[: card.index("</figure>")]
+    assert "Melanocytic nevus 60.0%" in card
+    reason = re.search(r'<small class="reason">(.*?)</small>', card).group(1)
+    assert reason.startswith("Urgent because melanoma, basal cell carcinoma and actinic keratosis together reach 34.0%")
+    assert reason.endswith("although the single most likely class (Melanocytic nevus, 60.0%) is benign.")
+
+
+def test_the_heatmap_caption_of_an_urgent_result_with_a_benign_class_says_why_it_is_urgent(page, patient):
+    analysis = analysed(patient, URGENT_BENIGN, heatmap_png=encoded(Image.new("RGB", (40, 30), "red"), "PNG"))
+    html = page.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
+    caption = re.search(r'id="heatmap">.*?<figcaption>(.*?)</figcaption>', html, re.S).group(1)
+    assert "weighed most for melanocytic nevus, the single most likely class." in caption
+    assert "Urgent because melanoma, basal cell carcinoma and actinic keratosis together reach 34.0%" in caption
+
+
+def test_a_result_whose_class_agrees_with_its_tier_needs_no_reason_on_the_timeline(page, patient):
+    analysed(patient, ROUTINE)
+    html = page.get(reverse("patient-detail", args=[patient.pk])).content.decode()
+    assert 'class="badge tier-routine"' in html and 'class="reason"' not in html
 
 
 def test_the_api_gives_the_tier_reason_and_the_one_meaning_of_malignant(staff, urgent_benign):
