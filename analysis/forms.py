@@ -1,6 +1,6 @@
 """The clinic pages' forms. Upload checks live here (through analysis/uploads.py), never in the views."""
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 from django.contrib.auth import authenticate, get_user_model
@@ -199,16 +199,26 @@ class AuditFilterForm(forms.Form):
 
 def within_days(qs, field: str, first: date | None, last: date | None):
     """Rows whose `field` falls on the days from `first` to `last` (both included, either may be open), whole
-    days in the current time zone, as a range on the column itself so its index serves."""
-    if first:
-        qs = qs.filter(**{f"{field}__gte": _start_of(first)})
-    if last:
-        qs = qs.filter(**{f"{field}__lt": _start_of(last + timedelta(days=1))})
+    days in the current time zone, as a range on the column itself so its index serves. A bound a datetime
+    cannot hold (the first days of year 1 or the last of 9999, which a date picker offers) leaves that end
+    open: every stored time lies inside it anyway."""
+    start = _start_of(first) if first else None
+    end = _start_of(last, days_after=1) if last else None
+    if start:
+        qs = qs.filter(**{f"{field}__gte": start})
+    if end:
+        qs = qs.filter(**{f"{field}__lt": end})
     return qs
 
 
-def _start_of(day: date) -> datetime:
-    return timezone.make_aware(datetime.combine(day, datetime.min.time()))
+def _start_of(day: date, days_after: int = 0) -> datetime | None:
+    """The instant `days_after` days after midnight starting `day` in the current time zone, in UTC as the
+    database compares it; None where that lies outside the datetimes Python can hold."""
+    try:
+        midnight = datetime.combine(day + timedelta(days=days_after), time.min)
+        return timezone.make_aware(midnight).astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 class ThrottledPasswordChangeForm(PasswordChangeForm):

@@ -14,12 +14,13 @@ from django.utils import timezone
 from PIL import Image
 
 from analysis import reports
-from analysis.models import Analysis
+from analysis.models import Analysis, Membership
 from ml import triage
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
     LesionImageFactory,
+    MembershipFactory,
     PatientFactory,
     encoded,
     finish,
@@ -202,6 +203,36 @@ def test_a_bad_date_keeps_the_other_filters_and_says_so(page, patient, urgent_be
 def test_to_before_from_says_so(page, urgent_benign):
     html = page.get(reverse("analysis-list"), {"date_from": "2026-05-10", "date_to": "2026-05-01"}).content.decode()
     assert "“To” is before “From”" in html
+
+
+FIRST_DAY, LAST_DAY = "0001-01-01", "9999-12-31"
+
+
+@pytest.mark.parametrize("time_zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_the_first_and_last_dates_a_date_picker_offers_give_a_page_as_an_open_range(
+    page, staff, urgent_benign, time_zone
+):
+    clinic = staff.membership.clinic
+    clinic.time_zone = time_zone
+    clinic.save()
+    boss = Client()
+    boss.force_login(MembershipFactory(clinic=clinic, role=Membership.Role.CLINIC_ADMIN).user)
+    page.get(reverse("patient-detail", args=[urgent_benign.image.case.patient_id]))  # one event in the trail
+    # (from, to): whether today lies between them
+    ranges = {(FIRST_DAY, LAST_DAY): True, (FIRST_DAY, FIRST_DAY): False, (LAST_DAY, LAST_DAY): False}
+    for (first, last), today_inside in ranges.items():
+        query = {"date_from": first, "date_to": last}
+        analyses = page.get(reverse("analysis-list"), query)
+        trail = boss.get(reverse("audit-log"), query)
+
+        assert analyses.status_code == trail.status_code == 200, query
+        assert [a.pk for a in analyses.context["page"].object_list] == [urgent_benign.pk] * today_inside, query
+        viewed = [e.object_type for e in trail.context["page"].object_list if e.action == "viewed"]
+        assert viewed == ["patient"] * today_inside, query
+    reversed_dates = page.get(reverse("analysis-list"), {"date_from": LAST_DAY, "date_to": FIRST_DAY})
+    assert "“To” is before “From”" in reversed_dates.content.decode()
+    api = client_for(staff).get("/api/analyses/", {"created_after": FIRST_DAY, "created_before": LAST_DAY})
+    assert [row["id"] for row in api.json()["results"]] == [urgent_benign.pk]
 
 
 def test_patient_search_matches_any_part_of_a_name_or_an_mrn(page, staff):
