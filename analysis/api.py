@@ -31,6 +31,7 @@ from rest_framework.views import exception_handler
 from analysis import audit, fhir
 from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_clinic
 from analysis.classes import CLASS_CODES
+from analysis.forms import DayRangeFilterForm, StrictBooleanField
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
@@ -192,7 +193,6 @@ class PatientSerializer(serializers.ModelSerializer):
         model = Patient
         fields = ["id", "mrn", "name", "date_of_birth", "sex", "notes", "created_at"]
         read_only_fields = ["created_at"]
-        extra_kwargs = {"date_of_birth": {"required": True, "allow_null": False}, "sex": {"required": True}}
 
     def validate_mrn(self, value: str) -> str:
         clinic = clinic_for(self.context["request"].user)
@@ -204,7 +204,8 @@ class PatientSerializer(serializers.ModelSerializer):
         return value
 
     def validate_date_of_birth(self, value):
-        if value > timezone.localdate():
+        # Optional, as on the page and in the model: a referral often comes without it.
+        if value is not None and value > timezone.localdate():
             raise serializers.ValidationError("The date of birth cannot be in the future.")
         return value
 
@@ -322,6 +323,12 @@ class IdFilter(django_filters.NumberFilter):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", 2**63 - 1)
         super().__init__(*args, **kwargs)
+
+
+class StrictBooleanFilter(django_filters.BooleanFilter):
+    """true or false; any other value is a 400 naming the filter, as an unknown status is."""
+
+    field_class = StrictBooleanField
 
 
 class CaseFilter(django_filters.FilterSet):
@@ -527,12 +534,13 @@ class AnalysisFilter(django_filters.FilterSet):
     patient = IdFilter(field_name="image__case__patient")
     case = IdFilter(field_name="image__case")
     image = IdFilter(field_name="image")
-    malignant = django_filters.BooleanFilter()
+    malignant = StrictBooleanFilter()
     created_after = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte")
     created_before = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte")
 
     class Meta:
         model = Analysis
+        form = DayRangeFilterForm
         fields = [
             "patient",
             "case",
@@ -639,6 +647,10 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class AuditDayRangeFilterForm(DayRangeFilterForm):
+    first, last = "after", "before"
+
+
 class AuditEventFilter(django_filters.FilterSet):
     user = IdFilter(field_name="user")
     patient = IdFilter(field_name="patient_id")
@@ -647,6 +659,7 @@ class AuditEventFilter(django_filters.FilterSet):
 
     class Meta:
         model = AuditEvent
+        form = AuditDayRangeFilterForm
         fields = ["user", "action", "object_type", "patient", "after", "before"]
 
 

@@ -139,7 +139,7 @@ class AnalysisFilterForm(forms.Form):
         data = super().clean()
         first, last = data.get("date_from"), data.get("date_to")
         if first and last and last < first:
-            self.add_error("date_to", "“To” is before “From”: no day lies between them. Swap the dates.")
+            self.add_error("date_to", reversed_days("From", "To"))
         return data
 
     def filter(self, qs):
@@ -195,6 +195,41 @@ class AuditFilterForm(forms.Form):
         if data["patient"]:
             qs = qs.filter(patient_id=data["patient"])
         return within_days(qs, "at", data["date_from"], data["date_to"])
+
+
+def reversed_days(first: str, last: str) -> str:
+    """What a range of days that ends before it starts is told, on the pages and in the API alike."""
+    return f"“{last}” is before “{first}”: no day lies between them. Swap the dates."
+
+
+class StrictBooleanField(forms.NullBooleanField):
+    """true or false (or 1 or 0), or nothing; for an API filter, where Django's NullBooleanField would read any
+    other word ("maybe") as no filter at all and answer every row without a word."""
+
+    widget = forms.TextInput
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        if str(value).lower() in ("true", "1"):
+            return True
+        if str(value).lower() in ("false", "0"):
+            return False
+        raise forms.ValidationError("Enter true or false.", code="invalid")
+
+
+class DayRangeFilterForm(forms.Form):
+    """The form of an API FilterSet with a range of days, `first` to `last`: a range that ends before it starts
+    is a 400 that says so, as the past analyses page says it (an empty answer would read as "nothing found")."""
+
+    first, last = "created_after", "created_before"
+
+    def clean(self):
+        data = super().clean()
+        first, last = data.get(self.first), data.get(self.last)
+        if first and last and last < first:
+            self.add_error(self.last, reversed_days(self.first, self.last))
+        return data
 
 
 def within_days(qs, field: str, first: date | None, last: date | None):
