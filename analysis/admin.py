@@ -13,6 +13,8 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
 from django.utils import timezone
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import Token, TokenProxy
 
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
 from analysis.services import CLOSED_CASE, removing_files_on_failure, submit_image
@@ -62,7 +64,7 @@ class SkinsiteUserAdmin(UserAdmin):
     ]
     list_filter = ["is_active", "is_superuser", "membership__clinic", "membership__role", OtherClinicsRecordsFilter]
     list_select_related = ["membership__clinic"]
-    actions = ["deactivate"]
+    actions = ["deactivate", "revoke_api_tokens"]
 
     def get_queryset(self, request):
         asks = (
@@ -94,10 +96,34 @@ class SkinsiteUserAdmin(UserAdmin):
         membership = getattr(user, "membership", None)
         return membership.get_role_display() if membership else ""
 
+    @admin.action(description="Revoke the selected users' API tokens")
+    def revoke_api_tokens(self, request, queryset):
+        count, _ = Token.objects.filter(user__in=queryset).delete()
+        self.message_user(request, f"Revoked {count} API token(s).", messages.SUCCESS)
+
     @admin.action(description="Deactivate selected users (they can no longer sign in)")
     def deactivate(self, request, queryset):
         count = queryset.update(is_active=False)
         self.message_user(request, f"Deactivated {count} user(s).", messages.SUCCESS)
+
+
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class ApiTokenAdmin(TokenAdmin):
+    """Every user's API token, to revoke (delete) when trust ends: a lost laptop, a script retired, someone
+    gone. The keys are not shown: nobody needs another user's key to revoke it."""
+
+    list_display = ["user", "created"]
+    fields = ["user", "created"]
+    readonly_fields = ["user", "created"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # a user makes their own, with their password (POST /api/auth/token/)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Clinic)

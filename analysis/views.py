@@ -19,6 +19,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
+from rest_framework.authtoken.models import Token
 
 from analysis import audit, fhir
 from analysis.access import clinic_for, for_clinic, get_for_clinic
@@ -488,6 +489,18 @@ def audit_log(request):
         "audit/list.html",
         {"page": _page(request, events, AUDIT_PAGE_SIZE), "filters": filters, "qs": query.urlencode()},
     )
+
+
+@login_required
+def api_token(request):
+    """The signed-in user's API token: whether there is one and since when, and a button that revokes it."""
+    token = Token.objects.filter(user=request.user).first()
+    if request.method == "POST":
+        if token is not None:
+            token.delete()
+            messages.success(request, "Your API token was revoked: nothing signs in with it any more.")
+        return redirect("api-token")
+    return render(request, "registration/api_token.html", {"token": token})
 
 
 class PasswordChange(auth_views.PasswordChangeView):

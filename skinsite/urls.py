@@ -27,6 +27,7 @@ urlpatterns = [
     path("api/", include("analysis.api_urls")),
     # Before Django's own, which it replaces: the old password is checked through sign-in throttling.
     path("accounts/password_change/", views.PasswordChange.as_view(), name="password_change"),
+    path("accounts/api-token/", views.api_token, name="api-token"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     # Browsers ask for it on pages that name no icon (the Django admin's).

@@ -123,6 +123,7 @@ MATRIX = {
     "logout": (none, everyone(405)),  # POST only
     "password_change": (none, SIGNED_IN),
     "password_change_done": (none, SIGNED_IN),
+    "api-token": (none, SIGNED_IN),  # one's own token only: nothing of another user to ask for
     "password_reset": (none, PUBLIC),
     "password_reset_done": (none, PUBLIC),
     "password_reset_confirm": (lambda w: ["MQ", "not-a-token"], PUBLIC),  # says the link is invalid

@@ -58,6 +58,7 @@ def test_every_page_a_signed_in_user_is_answered_is_kept_by_no_cache(client, sta
         reverse("analysis-report", args=[analysis.pk]),
         reverse("image-file", args=[analysis.image.pk]),
         reverse("password_change"),
+        reverse("api-token"),
         reverse("patient-detail", args=[999_999]),  # a 404 names the path asked for
         reverse("audit-log"),  # a 403
         reverse("api:docs"),
@@ -205,6 +206,71 @@ def test_signing_out_leaves_other_users_tokens_alone(client, staff, colleague):
     client.post(reverse("logout"))
 
     assert Token.objects.filter(pk=kept.pk).exists()
+
+
+# Changing the password ends the API token too; a user sees and revokes their own, an admin anyone's
+
+
+def test_changing_the_password_on_the_page_ends_the_users_api_token(client, staff, colleague):
+    Token.objects.create(user=staff)
+    kept = Token.objects.create(user=colleague)
+    client.force_login(staff)
+
+    response = client.post(
+        reverse("password_change"),
+        {"old_password": PASSWORD, "new_password1": "a new Passphrase 42", "new_password2": "a new Passphrase 42"},
+    )
+
+    assert response.status_code == 302
+    assert not Token.objects.filter(user=staff).exists()
+    assert list(Token.objects.all()) == [kept]
+
+
+def test_a_password_set_anywhere_else_ends_the_token_but_a_sign_in_does_not(client, staff):
+    token = Token.objects.create(user=staff)
+    client.post(reverse("login"), {"username": "staff", "password": PASSWORD})  # saves last_login
+    staff.refresh_from_db()
+    staff.first_name = "Nina"
+    staff.save()
+    assert Token.objects.filter(pk=token.pk).exists()
+
+    staff.set_password("reset by the admin")
+    staff.save()
+
+    assert not Token.objects.filter(user=staff).exists()
+
+
+def test_a_user_sees_their_api_token_and_revokes_it(client, staff, colleague):
+    token = Token.objects.create(user=staff)
+    kept = Token.objects.create(user=colleague)
+    client.force_login(staff)
+
+    html = client.get(reverse("api-token")).content.decode()
+    assert f"starting <code>{token.key[:4]}…</code>" in html and token.key not in html
+    assert f'href="{reverse("api-token")}"' in client.get(reverse("home")).content.decode()
+    revoked = client.post(reverse("api-token"), follow=True)
+
+    assert revoked.status_code == 200
+    assert "Your API token was revoked" in revoked.content.decode()
+    assert "You have no API token." in revoked.content.decode()
+    assert list(Token.objects.all()) == [kept]
+
+
+def test_a_platform_admin_revokes_anyones_api_token_in_the_admin(client, staff, colleague):
+    doomed, kept = Token.objects.create(user=staff), Token.objects.create(user=colleague)
+    client.force_login(User.objects.create_superuser("root", password="x"))
+
+    listed = client.get(reverse("admin:authtoken_tokenproxy_changelist"))
+    assert listed.status_code == 200 and doomed.key not in listed.content.decode()
+    # DRF's token admin maps a token's admin id to its user's id, and offers no bulk actions.
+    assert (
+        client.post(reverse("admin:authtoken_tokenproxy_delete", args=[staff.pk]), {"post": "yes"}).status_code == 302
+    )
+    assert list(Token.objects.all()) == [kept]
+    client.post(
+        reverse("admin:auth_user_changelist"), {"action": "revoke_api_tokens", "_selected_action": [colleague.pk]}
+    )
+    assert not Token.objects.exists()
 
 
 # The platform admin belongs to no clinic; the demo clinic has its own admin
@@ -401,6 +467,7 @@ def test_every_page_sends_a_policy_of_our_own_files_and_no_inline_code(client, s
         reverse("analysis-list"),
         reverse("analysis-detail", args=[analysis.pk]),
         reverse("analysis-status", args=[analysis.pk]),
+        reverse("api-token"),
         reverse("audit-log"),  # a 403
     ]
     answers = [client.get(url) for url in anonymous]
