@@ -183,6 +183,21 @@ def test_the_lockout_page_says_how_many_seconds_until_the_lockout_ends(client, s
     assert "Try again in 7 minutes" in again.content.decode()
 
 
+def test_the_admins_lockout_page_says_how_many_seconds_until_the_lockout_ends(client, settings):
+    User.objects.create_superuser("root", password=PASSWORD)
+    settings.AXES_COOLOFF_TIME = timedelta(minutes=7)
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post(reverse("admin:login"), {"username": "root", "password": "wrong"}).status_code == 200
+
+    locked = client.post(reverse("admin:login"), {"username": "root", "password": "wrong"})
+    again = client.post(reverse("admin:login"), {"username": "root", "password": PASSWORD})
+
+    assert locked.status_code == again.status_code == 429
+    assert locked["Retry-After"] == again["Retry-After"] == str(7 * 60)
+    assert "Try again in 7 minutes" in again.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
 # Signing out ends the API token too
 
 
