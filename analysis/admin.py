@@ -16,6 +16,7 @@ from django.utils import timezone
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import Token, TokenProxy
 
+from analysis import audit
 from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
 from analysis.services import CLOSED_CASE, removing_files_on_failure, submit_image
 from analysis.uploads import UploadRejected, validate_image_file
@@ -141,8 +142,19 @@ class MembershipAdmin(admin.ModelAdmin):
     autocomplete_fields = ["user", "clinic"]
 
 
+class ClinicRecordAdmin(admin.ModelAdmin):
+    """A clinic's records, which platform admins may read: each change page shown is recorded in the audit trail
+    of the record's clinic, as the clinic's own staff's reads are. Lists are not recorded row by row, as on the
+    clinic pages."""
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if change and obj is not None and request.method == "GET":
+            audit.record_platform_read(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(ClinicRecordAdmin):
     list_display = ["name", "mrn", "clinic", "date_of_birth", "sex", "created_at"]
     list_filter = ["clinic", "sex", "created_at"]
     list_select_related = ["clinic"]
@@ -151,7 +163,7 @@ class PatientAdmin(admin.ModelAdmin):
 
 
 @admin.register(Case)
-class CaseAdmin(admin.ModelAdmin):
+class CaseAdmin(ClinicRecordAdmin):
     list_display = ["pk", "patient", "body_site", "status", "clinician", "opened_on", "closed_on"]
     list_filter = ["patient__clinic", "status", "body_site", "opened_on"]
     list_select_related = ["patient", "clinician"]
@@ -185,7 +197,7 @@ class LesionImageAdminForm(forms.ModelForm):
 
 
 @admin.register(LesionImage)
-class LesionImageAdmin(admin.ModelAdmin):
+class LesionImageAdmin(ClinicRecordAdmin):
     form = LesionImageAdminForm
     list_display = ["pk", "case", "original_filename", "width", "height", "uploaded_by", "uploaded_at"]
     list_filter = ["case__patient__clinic", "uploaded_at", "captured_at"]
@@ -221,7 +233,7 @@ class LesionImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Analysis)
-class AnalysisAdmin(admin.ModelAdmin):
+class AnalysisAdmin(ClinicRecordAdmin):
     list_display = ["pk", "image", "status", "predicted_class", "confidence", "malignant", "risk_tier", "created_at"]
     list_filter = [
         "image__case__patient__clinic",

@@ -5,6 +5,8 @@ failed sign-ins and lockouts are recorded by the receivers at the bottom. Lists 
 dashboard) are not recorded row by row; the polling status endpoint is not recorded at all. A 404 for another
 clinic's record (analysis.access.OtherClinicsRecord), wherever it is asked for, is recorded by
 `record_other_clinics`: for pages by analysis/middleware.py, for the API by analysis/api.py's exception handler.
+A platform admin's reading of a clinic's record in the Django admin is recorded in that clinic's trail
+(`record_platform_read`, from analysis/admin.py).
 """
 
 from django.conf import settings
@@ -63,6 +65,22 @@ def record(
     )
 
 
+def record_platform_read(request, obj: models.Model) -> AuditEvent:
+    """Store that a platform admin (who belongs to no clinic) read `obj` in the Django admin. The event goes in
+    the trail of the clinic the record belongs to, so that clinic's admin sees who outside it read it."""
+    return _store(
+        request,
+        user=request.user,
+        username=request.user.get_username(),
+        clinic_id=_clinic_id(obj),
+        action=Action.VIEWED,
+        object_type=_TYPES[type(obj)],
+        object_id=obj.pk,
+        patient_id=_patient_id(obj),
+        description=f"{_describe(obj)}, read in the platform administration"[:255],
+    )
+
+
 def record_other_clinics(request, refused: OtherClinicsRecord) -> AuditEvent | None:
     """Store that the request's user asked for a record of another clinic and was answered 404. The event is
     the asker's clinic's, so their clinic admin sees it; the record's clinic is kept for platform admins."""
@@ -103,6 +121,16 @@ def _patient_id(obj: models.Model | None) -> int | None:
     if isinstance(obj, Analysis):
         return obj.image.case.patient_id
     return None
+
+
+def _clinic_id(obj: models.Model) -> int:
+    if isinstance(obj, Patient):
+        return obj.clinic_id
+    if isinstance(obj, Case):
+        return obj.patient.clinic_id
+    if isinstance(obj, LesionImage):
+        return obj.case.patient.clinic_id
+    return obj.image.case.patient.clinic_id  # an Analysis
 
 
 def _describe(obj: models.Model | None) -> str:

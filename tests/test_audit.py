@@ -5,6 +5,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -105,6 +106,34 @@ def test_a_case_an_upload_an_analysis_its_image_and_its_report_on_the_pages_are_
         ("staff", "viewed", "image", analysis.image.pk, patient.pk),
         ("staff", "downloaded", "report", analysis.pk, patient.pk),
     ]
+
+
+def test_a_platform_admins_reads_in_the_django_admin_are_in_the_records_clinics_trail(
+    client, clinic_admin, patient, case, analysis
+):
+    root = get_user_model().objects.create_superuser("root", password="x")
+    client.force_login(root)
+    image = analysis.image
+    pages = [
+        ("patient", patient.pk, reverse("admin:analysis_patient_change", args=[patient.pk])),
+        ("case", case.pk, reverse("admin:analysis_case_change", args=[case.pk])),
+        ("image", image.pk, reverse("admin:analysis_lesionimage_change", args=[image.pk])),
+        ("analysis", analysis.pk, reverse("admin:analysis_analysis_change", args=[analysis.pk])),
+    ]
+    for _, _, url in pages:
+        assert client.get(url, **BROWSER).status_code == 200, url
+    for url in ["admin:analysis_patient_changelist", "admin:analysis_analysis_changelist"]:
+        assert client.get(reverse(url)).status_code == 200  # lists: not row by row
+
+    events = AuditEvent.objects.exclude(object_type="account").order_by("pk")
+    assert [(e.user, e.clinic_id, e.action, e.object_type, e.object_id, e.patient_id, e.path) for e in events] == [
+        (root, patient.clinic_id, "viewed", kind, pk, patient.pk, url) for kind, pk, url in pages
+    ]
+    assert all(e.description.endswith(", read in the platform administration") for e in events)
+    assert {e.ip_address for e in events} == {"192.0.2.7"}
+    client.force_login(clinic_admin)
+    shown = client.get(reverse("audit-log"), {"patient": patient.pk}).context["page"].object_list
+    assert [(e.username, e.object_type) for e in shown] == [("root", kind) for kind, _, _ in reversed(pages)]
 
 
 def test_lists_and_the_status_poll_are_not_recorded_row_by_row(client, staff, analysis):
