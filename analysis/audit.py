@@ -2,21 +2,30 @@
 
 Views and viewsets call `record` once they have done what they report, with the row they worked on; sign-ins,
 failed sign-ins and lockouts are recorded by the receivers at the bottom. Lists (patients, past analyses, the
-dashboard) are not recorded row by row; the polling status endpoint is not recorded at all. A 404 for another
+dashboard) are not recorded row by row; the polling status endpoint is not recorded at all. The trail is for
+people to read: the images and heatmaps a page shows are covered by that page's event (`record_file_view`), so
+that a visit to a timeline is one event, not one per thumbnail. A 404 for another
 clinic's record (analysis.access.OtherClinicsRecord), wherever it is asked for, is recorded by
 `record_other_clinics`: for pages by analysis/middleware.py, for the API by analysis/api.py's exception handler.
 A platform admin's reading of a clinic's record in the Django admin is recorded in that clinic's trail
 (`record_platform_read`, from analysis/admin.py).
 """
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db import models
 from django.dispatch import receiver
+from django.utils import timezone
 
 from analysis.access import OtherClinicsRecord, clinic_for
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
+
+# How long after a person viewed a patient's record the images and heatmaps of that patient they fetch count as
+# part of that visit (the page's thumbnails and pictures), not as views of their own.
+PAGE_VISIT = timedelta(minutes=10)
 
 Action = AuditEvent.Action
 ObjectType = AuditEvent.ObjectType
@@ -63,6 +72,23 @@ def record(
         patient_id=_patient_id(obj),
         description=description or _describe(obj),
     )
+
+
+def record_file_view(request, obj: LesionImage | Analysis, *, object_type: str | None = None) -> AuditEvent | None:
+    """Store that the request's user viewed a file of a record (an image, a heatmap), unless they viewed a record
+    of the same patient less than PAGE_VISIT ago: the page they are on shows it, and that page's event says so.
+    A timeline of twenty thumbnails is one visit and one event; a file fetched on its own is recorded."""
+    user = request.user
+    shown_by_a_page = AuditEvent.objects.filter(
+        clinic=clinic_for(user),
+        patient_id=_patient_id(obj),
+        user=user,
+        action=Action.VIEWED,
+        at__gte=timezone.now() - PAGE_VISIT,
+    )
+    if shown_by_a_page.exists():
+        return None
+    return record(request, Action.VIEWED, obj, object_type=object_type)
 
 
 def record_platform_read(request, obj: models.Model) -> AuditEvent:

@@ -311,7 +311,7 @@ def image_file(request, pk: int):
     """A lesion image, for staff of its clinic only."""
     image = get_for_clinic(request.user, LesionImage.objects.select_related("case"), pk=pk)
     response = _private_file(image.image, "This image file is missing.")
-    audit.record(request, audit.Action.VIEWED, image)
+    audit.record_file_view(request, image)
     return response
 
 
@@ -319,7 +319,7 @@ def heatmap_response(request, analysis: Analysis) -> FileResponse:
     """An analysis's Grad-CAM heatmap, recorded in the audit trail; 404 until it exists. The page and the API
     both serve it through here, with the analysis already scoped to the caller's clinic."""
     response = _private_file(analysis.heatmap, "This analysis has no heatmap.")
-    audit.record(request, audit.Action.VIEWED, analysis, object_type=audit.ObjectType.HEATMAP)
+    audit.record_file_view(request, analysis, object_type=audit.ObjectType.HEATMAP)
     return response
 
 

@@ -1,7 +1,7 @@
 """The audit trail: who created, viewed, changed or downloaded which record, when and from where; through the
 pages and the API alike; append-only; read by the clinic's admin on /audit/."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -14,6 +14,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from analysis import audit
 from analysis.models import AppendOnlyError, AuditEvent, Membership, Patient
 from tests.factories import (
     AnalysisFactory,
@@ -27,6 +28,7 @@ from tests.factories import (
 
 pytestmark = pytest.mark.django_db
 
+WINTER_NOON_UTC = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 BROWSER = {"HTTP_USER_AGENT": "Mozilla/5.0 (tablet in room 3)", "REMOTE_ADDR": "192.0.2.7"}
 
 
@@ -96,16 +98,63 @@ def test_a_case_an_upload_an_analysis_its_image_and_its_report_on_the_pages_are_
     client.post(reverse("case-upload", args=[new_case.pk]), {"images": jpeg_upload("a.jpg", (200, 150))})
     uploaded = new_case.images.get()
     client.get(reverse("analysis-detail", args=[analysis.pk]))
-    client.get(reverse("image-file", args=[analysis.image.pk]))
+    client.get(reverse("image-file", args=[analysis.image.pk]))  # the page's picture: covered by its event
     client.get(reverse("analysis-report", args=[analysis.pk]))
 
     assert trail() == [
         ("staff", "created", "case", new_case.pk, patient.pk),
         ("staff", "created", "image", uploaded.pk, patient.pk),
         ("staff", "viewed", "analysis", analysis.pk, patient.pk),
-        ("staff", "viewed", "image", analysis.image.pk, patient.pk),
         ("staff", "downloaded", "report", analysis.pk, patient.pk),
     ]
+
+
+def test_a_visit_to_a_timeline_is_one_event_not_one_per_thumbnail(client, staff, patient, case, analysis):
+    images = [analysis.image] + [LesionImageFactory(case=case, uploaded_by=staff) for _ in range(4)]
+    client.force_login(staff)
+
+    assert client.get(reverse("patient-detail", args=[patient.pk])).status_code == 200
+    for image in images:
+        assert client.get(reverse("image-file", args=[image.pk])).status_code == 200
+    client.get(reverse("analysis-detail", args=[analysis.pk]))
+    client.get(reverse("image-file", args=[analysis.image.pk]))
+
+    assert trail() == [
+        ("staff", "viewed", "patient", patient.pk, patient.pk),
+        ("staff", "viewed", "analysis", analysis.pk, patient.pk),
+    ]
+
+
+def test_an_image_fetched_on_its_own_is_recorded_once_per_person_and_visit(client, staff, colleague, analysis):
+    image, patient_id = analysis.image, analysis.image.case.patient_id
+    client.force_login(staff)
+    client.get(reverse("image-file", args=[image.pk]))
+    client.get(reverse("image-file", args=[image.pk]))
+    client.force_login(colleague)
+    client.get(reverse("image-file", args=[image.pk]))
+    later = timezone.now() + audit.PAGE_VISIT + timedelta(minutes=1)
+    with mock.patch("analysis.audit.timezone.now", return_value=later):
+        client.get(reverse("image-file", args=[image.pk]))
+
+    assert trail() == [
+        ("staff", "viewed", "image", image.pk, patient_id),
+        ("colleague", "viewed", "image", image.pk, patient_id),
+        ("colleague", "viewed", "image", image.pk, patient_id),  # a new visit
+    ]
+
+
+def test_the_trails_times_name_their_zone(client, clinic_admin, staff):
+    clinic = staff.membership.clinic
+    clinic.time_zone = "Europe/Vienna"
+    clinic.save()
+    AuditEvent.objects.create(
+        clinic=clinic, user=staff, username="staff", action="viewed", object_type="patient", at=WINTER_NOON_UTC
+    )
+    client.force_login(clinic_admin)
+
+    html = client.get(reverse("audit-log")).content.decode()
+
+    assert '<time datetime="2026-01-15T13:00:00+01:00">15 Jan 2026 13:00:00 CET</time>' in html
 
 
 def test_a_platform_admins_reads_in_the_django_admin_are_in_the_records_clinics_trail(
