@@ -301,6 +301,7 @@ def test_every_main_page_passes_its_content_security_policy(live_server, browser
         "analysis with a done result": (reverse("analysis-detail", args=[done.pk]), "#heatmap img"),
         "past analyses": (reverse("analysis-list"), "table.list"),
         "change password": (reverse("password_change"), "form"),
+        "API token": (reverse("api-token"), "#api-token"),
     }
     theirs = {  # pages of libraries, each with its own scoped exception
         "API docs (Swagger UI)": (reverse("api:docs"), ".opblock"),
