@@ -92,11 +92,17 @@ def build_classifier(
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = not freeze_batch_norm  # Keras 3 runs a non-trainable BN layer in inference mode
-    x = layers.GlobalAveragePooling2D(name="pool")(base.output)
+    return keras.Model(inputs, head(base.output, units, dropout, seed), name="skinsite_mobilenetv2")
+
+
+def head(activations, units: int, dropout: float, seed: int):
+    """The classifier's head on the last convolutional ``activations``: global average pooling (``pool``), Dense
+    with ReLU (``fc``), Dropout, Dense softmax (``probs``). Grad-CAM, the gate and ``ml.ensemble`` read these
+    layers by name, whatever network lies below them (the tests put one on a toy network)."""
+    x = layers.GlobalAveragePooling2D(name="pool")(activations)
     x = layers.Dense(units, activation="relu", name="fc", kernel_initializer=keras.initializers.HeNormal(seed))(x)
     x = layers.Dropout(dropout, name="dropout", seed=seed)(x)
-    out = layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
-    return keras.Model(inputs, out, name="skinsite_mobilenetv2")
+    return layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
 
 
 def member_name(k: int, name: str) -> str:

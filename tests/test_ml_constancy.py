@@ -83,12 +83,15 @@ def test_colour_constancy_gets_its_own_activation_cache():
 
 @pytest.fixture(scope="module")
 def classifier():
-    """A tiny untrained classifier with the layer, its head scaled so that its answers vary with the image."""
+    """A tiny untrained classifier with the layer (on tests/tiny_nets.py's toy network: what is tested is the
+    layer's own path through saving, exporting and quantising), its head scaled so that its answers vary with
+    the image."""
     import keras
 
-    from ml.model import COLOUR_CONSTANCY_LAYER, build_classifier
+    from ml.model import COLOUR_CONSTANCY_LAYER
+    from tests.tiny_nets import toy_classifier
 
-    model = build_classifier(None, SIZE, units=8, alpha=0.35, seed=0, colour_constancy=6.0)
+    model = toy_classifier(SIZE, units=8, seed=0, colour_constancy=6.0)
     assert [layer.name for layer in model.layers][1] == COLOUR_CONSTANCY_LAYER
     hidden = keras.Model(model.input, model.get_layer("fc").output).predict(as_input(unit_images()), verbose=0)
     head = model.get_layer("probs")
@@ -140,10 +143,11 @@ def test_the_int8_file_keeps_the_layer_in_float_and_is_blind_to_a_colour_cast(cl
 def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_without(classifier):
     from ml.ensemble import combine
     from ml.metrics import softmax
-    from ml.model import COLOUR_CONSTANCY_LAYER, build_classifier
+    from ml.model import COLOUR_CONSTANCY_LAYER
+    from tests.tiny_nets import CUT as cut
+    from tests.tiny_nets import toy_classifier
 
-    other = build_classifier(None, SIZE, units=8, alpha=0.35, seed=1, colour_constancy=6.0)
-    cut = "block_2_add"
+    other = toy_classifier(SIZE, units=8, seed=1, colour_constancy=6.0)
     below = [layer.name for layer in classifier.layers].index(cut) + 1
     for mine, theirs in zip(classifier.layers[:below], other.layers[:below], strict=True):
         theirs.set_weights(mine.get_weights())
@@ -153,7 +157,7 @@ def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_wit
     expected = softmax(np.mean([np.log(m.predict(x, verbose=0)) for m in (classifier, other)], axis=0))
     np.testing.assert_allclose(pair.predict(x, verbose=0), expected, atol=1e-5)
 
-    plain = build_classifier(None, SIZE, units=8, alpha=0.35, seed=1)
+    plain = toy_classifier(SIZE, units=8, seed=1)
     with pytest.raises(ValueError, match="differ below the cut"):
         combine([classifier, plain], cut)
 

@@ -1,5 +1,6 @@
-"""ml.ensemble on tiny untrained networks: the combined model averages its members' logits, shares their
-frozen lower blocks, exports to TFLite, and Grad-CAM and the gate's features work on it."""
+"""ml.ensemble on tiny untrained networks (tests/tiny_nets.py's toy network, whose layers the ensemble code reads
+by the names MobileNetV2's have): the combined model averages its members' logits, shares their frozen lower
+blocks, exports to TFLite, and Grad-CAM and the gate's features work on it."""
 
 import json
 from dataclasses import asdict, replace
@@ -8,26 +9,25 @@ import numpy as np
 import pytest
 
 from ml.labels import CLASSES
+from tests.tiny_nets import CUT, toy_classifier
 
 pytest.importorskip("tensorflow")
 
 SIZE = (64, 96)
-CUT = "block_2_add"
 
 
 def tiny_members(n: int = 2):
     """``n`` tiny classifiers with different upper weights and the same weights up to ``CUT``."""
-    from ml.model import build_classifier
-
-    members = [build_classifier(None, SIZE, units=8, alpha=0.35, seed=k) for k in range(n)]
     import keras
+
+    members = [toy_classifier(SIZE, units=8, seed=k) for k in range(n)]
 
     below = [layer.name for layer in members[0].layers].index(CUT) + 1
     for other in members[1:]:
         for mine, theirs in zip(members[0].layers[:below], other.layers[:below], strict=True):
             theirs.set_weights(mine.get_weights())
-    # Untrained, the activations fade through the blocks (about 1e-11 at the top): scale each head so that its
-    # logits are of order one and differ between inputs and members.
+    # Untrained, the hidden vector is small (about 0.01): scale each head so that its logits are of order one
+    # and differ between inputs and members.
     for member in members:
         hidden = keras.Model(member.input, member.get_layer("fc").output).predict(inputs(), verbose=0)
         assert np.abs(hidden).max() > 0, f"{member.name}'s untrained activations die out: build it from another seed"
@@ -94,9 +94,8 @@ def test_an_ensemble_combined_with_another_network_counts_each_of_its_networks_o
 
 def test_members_that_differ_below_the_cut_are_refused(trio):
     from ml.ensemble import combine
-    from ml.model import build_classifier
 
-    stranger = build_classifier(None, SIZE, units=8, alpha=0.35, seed=7)
+    stranger = toy_classifier(SIZE, units=8, seed=7)
     with pytest.raises(ValueError, match="differ below the cut"):
         combine([trio[0][0], stranger], CUT)
 
@@ -205,7 +204,7 @@ def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ense
         unfolded, _ = load_raw(file)  # the member's own operating point and temperature undone
         np.testing.assert_allclose(unfolded.predict(x, verbose=0), np.exp(logits), atol=1e-5)
 
-    # half=False: these untrained members' heads are scaled past float16's range (see tiny_members).
+    # half=False: float32 members, as they were written (rounding to float16 has tests of its own below).
     result = build(files, data_dir, tmp_path / "out", views=("original", "rotated_180"), half=False)
     assert result["version"].startswith("mnv2-ham10000-ensemble-")
     assert [m["version"] for m in result["members"]] == ["member-0", "member-1"]
@@ -258,7 +257,7 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
     for key in ("accuracy", "balanced_accuracy", "melanoma_recall", "ece"):
         assert figures[key] == pytest.approx(result["val"][key], abs=1e-9), key
     assert abs(summary(y, in_float)["ece"] - result["val"]["ece"]) > 1e-6
-    assert not np.allclose(served, in_float, atol=1e-3)
+    assert np.abs(served - in_float).max() > 1e-4  # beyond a float export's own error (1e-4 above)
     # And the point was chosen on the int8 outputs: an int8 export of the raw model, made as build makes it, gives
     # the figures recorded before the temperature; the Keras model's own outputs give others.
     raw, meta = load_raw(out / "skinsite.keras")
@@ -269,7 +268,8 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
         return summary(y, softmax(np.log(np.clip(probs, 1e-12, None)) + bias))["ece"]
 
     recorded = result["val_before_calibration"]["ece"]
-    assert ece_before_temperature(LiteModel(export).in_batches(arrays)) == pytest.approx(recorded, abs=1e-8)
+    # Within float32 rounding of the figure (3e-8 seen), where the Keras model's outputs land 5e-5 away.
+    assert ece_before_temperature(LiteModel(export).in_batches(arrays)) == pytest.approx(recorded, abs=2e-7)
     assert abs(ece_before_temperature(raw.predict(arrays, verbose=0)) - recorded) > 1e-6
 
     # Choosing again keeps it int8; the same calibration images give the same point and the same outputs. So
@@ -325,8 +325,10 @@ def test_weights_beyond_float16_range_are_refused_not_turned_into_infinity(trio)
     members, _ = trio
     copy = keras.models.clone_model(members[0])
     copy.set_weights(members[0].get_weights())
+    kernel, bias = copy.get_layer("probs").get_weights()
+    kernel[0, 0] = 1e5  # past float16's largest finite value, 65504
+    copy.get_layer("probs").set_weights([kernel, bias])
     before = [w.copy() for w in copy.get_weights()]
-    assert max(np.abs(w).max() for w in before if w.size) > 65504  # tiny_members scales the head up
     with pytest.raises(ValueError, match="beyond float16's range"):
         round_to_half(copy)
     assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), before, strict=True))  # nothing changed
