@@ -6,7 +6,7 @@ WEB_PORT ?= 8000
 # The Procfile's `python` and `celery` are the virtualenv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint fmt migrate bench load faults
+.PHONY: run test test-fast lint fmt migrate bench load faults
 
 # The service alone (no TensorFlow) for `make run`; everything (training, tests) for the other targets.
 $(VENV)/.installed: requirements.txt
@@ -27,8 +27,14 @@ run: migrate
 	$(BIN)/python manage.py bootstrap_demo --url http://127.0.0.1:$(WEB_PORT)
 	WEB_PORT=$(WEB_PORT) $(BIN)/honcho start
 
+# Everything, with the 15 slowest tests printed at the end so that a new slow one is seen the day it arrives.
 test: $(VENV)/.installed-all
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)
+
+# The edit-test loop: all but the tests that start real processes (stack), run the ml/ procedures (training) or
+# fill the database to a large clinic's size (volume).
+test-fast: $(VENV)/.installed-all
+	$(BIN)/pytest -m "not stack and not training and not volume" --durations=10 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-all
 	$(BIN)/ruff check .

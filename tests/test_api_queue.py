@@ -11,7 +11,7 @@ from tests.factories import CaseFactory
 from tests.test_api import client_for
 from tests.test_queue import Worker, lesion_jpeg, shipped_version, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.stack]
 
 
 def test_an_image_uploaded_through_the_api_is_analysed_and_its_report_downloaded(broker, staff, tmp_path):

@@ -94,6 +94,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.stack  # a real worker analyses the upload
 def test_staff_follow_a_lesion_from_upload_to_report_and_an_outsider_sees_none_of_it(
     live_server, browser, worker, staff, outsider, tmp_path
 ):

@@ -29,43 +29,78 @@ from workers import sweeper
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_script(module: str, *args: str, timeout: float = 240) -> tuple[dict[str, int], str]:
-    """Run a fault script in its own process (its own SQLite or PostgreSQL and Redis, never the test run's);
-    returns its counts and its output."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MEDIA_ROOT", "VAR_DIR")}
-    finished = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    output = finished.stdout + finished.stderr
-    assert finished.returncode == 0, output[-5000:]
-    counts = re.search(r"\] submitted (\d+), done (\d+), failed (\d+), lost (\d+), duplicates (\d+)", output)
-    names = ["submitted", "done", "failed", "lost", "duplicates"]
-    return (dict(zip(names, map(int, counts.groups()))) if counts else {}), output
+class Script:
+    """A fault script running in its own process, with its own SQLite or PostgreSQL and Redis (never the test
+    run's), its output going to a file."""
+
+    def __init__(self, module: str, *args: str, folder: Path):
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MEDIA_ROOT", "VAR_DIR")}
+        self.output_file = folder / f"{module}.out"
+        with open(self.output_file, "w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def result(self, timeout: float = 240) -> tuple[dict[str, int], str]:
+        """Waits for the script to end; returns its counts and its output."""
+        returncode = self.process.wait(timeout=timeout)
+        output = self.output_file.read_text()
+        assert returncode == 0, output[-5000:]
+        counts = re.search(r"\] submitted (\d+), done (\d+), failed (\d+), lost (\d+), duplicates (\d+)", output)
+        names = ["submitted", "done", "failed", "lost", "duplicates"]
+        return (dict(zip(names, map(int, counts.groups()))) if counts else {}), output
+
+    def stop(self) -> None:
+        if self.process.poll() is None:  # a test that failed before waiting for it
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+NO_PRIVATE_POSTGRES = stack.PostgresCluster.unavailable_reason()
+
+
+@pytest.fixture(scope="module")
+def fault_scripts(tmp_path_factory):
+    """The three fault scripts, started side by side: each runs a stack of its own on its own ports, and spends
+    most of its time waiting out an outage or a time limit, so together they take about as long as the longest
+    (28 s, against 80 s one after the other here). Shorter streams and outages than their defaults."""
+    folder = tmp_path_factory.mktemp("faults")
+    scripts = {
+        "worker_kill": Script("tests.faults.worker_kill", "--images", "12", folder=folder),
+        "redis_outage": Script(
+            "tests.faults.redis_outage",
+            *("--outage", "8", "--outage-after", "2", "--images", "14", "--interval", "0.6"),
+            folder=folder,
+        ),
+    }
+    if not NO_PRIVATE_POSTGRES:
+        scripts["postgres_restart"] = Script(
+            "tests.faults.postgres_restart", "--images", "16", "--down", "3", "--restart-after", "2", folder=folder
+        )
+    yield scripts
+    for script in scripts.values():
+        script.stop()
 
 
 @pytest.mark.stack
-def test_a_worker_killed_with_sigkill_mid_analysis_loses_nothing_and_runs_nothing_twice():
-    counts, output = run_script("tests.faults.worker_kill", "--images", "12")
+def test_a_worker_killed_with_sigkill_mid_analysis_loses_nothing_and_runs_nothing_twice(fault_scripts):
+    counts, output = fault_scripts["worker_kill"].result()
     assert "SIGKILLed worker" in output
     assert counts == {"submitted": 12, "done": 12, "failed": 0, "lost": 0, "duplicates": 0}
 
 
 @pytest.mark.stack
-def test_uploads_go_on_while_redis_is_away_and_every_one_is_analysed_once_it_is_back():
-    counts, output = run_script(
-        "tests.faults.redis_outage", "--outage", "8", "--outage-after", "2", "--images", "14", "--interval", "0.6"
-    )
+def test_uploads_go_on_while_redis_is_away_and_every_one_is_analysed_once_it_is_back(fault_scripts):
+    counts, output = fault_scripts["redis_outage"].result()
     answered = int(re.search(r"during the outage (\d+) uploads answered", output).group(1))
     assert answered >= 8
     assert counts == {"submitted": 14, "done": 14, "failed": 0, "lost": 0, "duplicates": 0}
 
 
 @pytest.mark.stack
-@pytest.mark.skipif(bool(stack.PostgresCluster.unavailable_reason()), reason="no private PostgreSQL can run here")
-def test_a_postgresql_restart_during_uploads_loses_no_acknowledged_image():
-    counts, output = run_script(
-        "tests.faults.postgres_restart", "--images", "16", "--down", "3", "--restart-after", "2"
-    )
+@pytest.mark.skipif(bool(NO_PRIVATE_POSTGRES), reason=f"no private PostgreSQL can run here: {NO_PRIVATE_POSTGRES}")
+def test_a_postgresql_restart_during_uploads_loses_no_acknowledged_image(fault_scripts):
+    counts, output = fault_scripts["postgres_restart"].result()
     assert "PostgreSQL started again" in output
     assert counts == {"submitted": 16, "done": 16, "failed": 0, "lost": 0, "duplicates": 0}
 

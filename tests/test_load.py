@@ -5,13 +5,13 @@ import re
 
 import pytest
 
-from tests.test_faults import run_script
+from tests.test_faults import Script
 from workers import app, tasks
 
 
 @pytest.mark.stack
-def test_the_load_script_submits_polls_and_reports_no_errors_and_no_loss():
-    _, output = run_script("tests.load", "--images", "20", "--clients", "4", timeout=300)
+def test_the_load_script_submits_polls_and_reports_no_errors_and_no_loss(tmp_path):
+    _, output = Script("tests.load", "--images", "20", "--clients", "4", folder=tmp_path).result(timeout=300)
     assert "submitted 20 of 20, done 20, failed 0, errors 0, lost 0" in output
     assert re.search(r"upload latency: p50 \d+ ms, p95 \d+ ms, p99 \d+ ms", output)
     assert re.search(r"submit to done: p50 [\d.]+ s, p95 [\d.]+ s, p99 [\d.]+ s", output)

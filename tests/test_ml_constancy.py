@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.training
+
 SIZE = (64, 96)
 CAST = np.array([1.15, 1.0, 0.8])  # a warmer light, or another camera's white balance
 

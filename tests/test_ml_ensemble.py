@@ -13,6 +13,8 @@ from tests.tiny_nets import CUT, toy_classifier
 
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.training
+
 SIZE = (64, 96)
 
 

@@ -13,6 +13,8 @@ from ml.labels import CLASSES
 
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.training
+
 # Largest probability difference allowed between a half-precision TFLite file and its Keras model. Measured for
 # the three-network ensemble when it was served in float16: at most 4.5e-4 over 128 val images; this tiny
 # network's own figure is not recorded, and the bound leaves it room.

@@ -14,6 +14,8 @@ from ml.labels import CLASSES
 
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.training
+
 from ml import paths  # noqa: E402
 
 if not paths.IMAGENET_WEIGHTS.exists():
@@ -99,7 +101,19 @@ def test_whole_network_training_lowers_the_loss_and_trains_every_block(whole_run
     assert result["recipe"]["cut"] is None and result["machine"]["cores"] >= 1
 
 
-def test_a_run_stopped_after_epoch_1_and_resumed_ends_with_the_uninterrupted_runs_weights(folders, whole_run):
+@pytest.fixture
+def no_export(monkeypatch):
+    """A run's last step, writing its files (ml.train.save: the Keras file, its TFLite export and the workers'
+    companion, 23 s of the 48 s a run takes here), left out where a test compares checkpoints and histories:
+    ``whole_run`` writes them, and the other tests read them back."""
+    from ml import train
+
+    monkeypatch.setattr(train, "save", lambda model, out, name, result, *args, **kwargs: result)
+
+
+def test_a_run_stopped_after_epoch_1_and_resumed_ends_with_the_uninterrupted_runs_weights(
+    folders, whole_run, no_export
+):
     from ml import checkpoint
     from ml.train import train_whole
 
@@ -122,7 +136,7 @@ def test_a_run_stopped_after_epoch_1_and_resumed_ends_with_the_uninterrupted_run
     assert result["kept_epoch"] == whole_run["result"]["kept_epoch"]
 
 
-def test_a_run_resumed_mid_whole_phase_keeps_the_optimizer_state(folders, whole_run):
+def test_a_run_resumed_mid_whole_phase_keeps_the_optimizer_state(folders, whole_run, no_export):
     from ml import checkpoint
     from ml.train import train_whole
 

@@ -21,7 +21,7 @@ from tests.factories import CaseFactory
 from workers import app
 from workers.process import Worker as _Worker
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.stack]
 
 
 FAULT_INJECTION = str(Path(__file__).resolve().parent / "fault_injection")

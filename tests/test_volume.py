@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db
 MAX_QUERIES = 10
 
 
+@pytest.mark.volume
 def test_list_pages_need_a_bounded_number_of_queries_with_10000_patients_and_50000_analyses(
     client, staff, outsider, django_assert_max_num_queries
 ):
