@@ -25,7 +25,7 @@ from django.utils import timezone
 from PIL import Image
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
-from analysis.uploads import sha256_of, upright_size
+from analysis.image_files import sha256_of, upright_size
 from ml import triage
 
 
