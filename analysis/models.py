@@ -313,7 +313,7 @@ class Analysis(models.Model):
     # image is always "uncertain".
     malignant_probability = models.FloatField(null=True, blank=True)
     risk_tier = models.CharField(max_length=10, choices=RiskTier.choices, blank=True)
-    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/quality.py); empty = passed.
+    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/quality_gate.py); empty = passed.
     quality_flags = models.JSONField(default=list, blank=True)
     # Grad-CAM of the predicted class over the image (PNG), written before the row says done.
     heatmap = models.FileField(upload_to=heatmap_path, null=True, blank=True)

@@ -60,8 +60,8 @@ def request_report(analysis_id: int) -> bool:
 
 def explainer():
     """The worker process's model (the served model's LiteRT companion file, its head's weights and the quality
-    gate), loaded once (ml.explain keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
-    from ml.explain import get_explainer
+    gate), loaded once (ml.explainer keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
+    from ml.explainer import get_explainer
 
     return get_explainer()
 
