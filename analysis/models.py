@@ -25,8 +25,8 @@ from django.utils import timezone
 from PIL import Image
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
-from analysis.uploads import sha256_of, upright_size
-from ml import triage
+from analysis.image_files import sha256_of, upright_size
+from ml import tiers
 
 
 def default_time_zone() -> str:
@@ -309,11 +309,11 @@ class Analysis(models.Model):
     # Suspicious for malignancy: malignant_probability at or above the urgent threshold (see result_fields);
     # not "the top class is malignant", which the class itself says.
     malignant = models.BooleanField(null=True, blank=True)
-    # mel + bcc + akiec, and the triage tier it falls in (thresholds chosen on val, ml/triage.py); a flagged
+    # mel + bcc + akiec, and the triage tier it falls in (thresholds chosen on val, ml/tiers.py); a flagged
     # image is always "uncertain".
     malignant_probability = models.FloatField(null=True, blank=True)
     risk_tier = models.CharField(max_length=10, choices=RiskTier.choices, blank=True)
-    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/quality.py); empty = passed.
+    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/quality_gate.py); empty = passed.
     quality_flags = models.JSONField(default=list, blank=True)
     # Grad-CAM of the predicted class over the image (PNG), written before the row says done.
     heatmap = models.FileField(upload_to=heatmap_path, null=True, blank=True)
@@ -370,8 +370,8 @@ class Analysis(models.Model):
         probabilities = _checked_probabilities(probabilities)
         predicted = max(probabilities, key=probabilities.__getitem__)
         quality_flags = [str(flag) for flag in quality_flags]
-        rules = triage.load_triage()
-        malignant_probability = triage.malignant_probability(probabilities)
+        rules = tiers.load_triage()
+        malignant_probability = tiers.malignant_probability(probabilities)
         return {
             "probabilities": probabilities,
             "predicted_class": predicted,

@@ -21,7 +21,7 @@ from django.utils.text import slugify
 
 from analysis.classes import CLASS_NAMES, MALIGNANT
 from analysis.models import Analysis
-from ml import triage
+from ml import tiers
 from ml.labels import age_band
 
 DISCLAIMER = (
@@ -139,7 +139,7 @@ def tier_reason(analysis: Analysis) -> str:
 def triage_summary(version: str) -> dict | None:
     """The triage thresholds and what they measured on the held-out test set, for the model version that made
     an analysis; None for another version (the thresholds belong to one model)."""
-    summary = triage.load_triage().describe()
+    summary = tiers.load_triage().describe()
     if summary.get("model_version") != version:
         return None
     return summary | {"explanation": _triage_sentence(summary)}

@@ -13,7 +13,6 @@ Decisions (tests/test_hostile_uploads.py holds the table of every case):
   in another case or for another patient is fine.
 """
 
-import hashlib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,14 +22,13 @@ from django.conf import settings
 from django.utils import formats, timezone
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from analysis.image_files import sha256_of, upright_size
+
 if TYPE_CHECKING:
     from analysis.models import Case
 
 # Pillow's format name -> what the person is told. MPO is how Pillow names a camera JPEG with a preview.
 ALLOWED_FORMATS = {"JPEG": "JPG", "MPO": "JPG", "PNG": "PNG"}
-# EXIF orientations 5 to 8 turn the picture by 90 degrees: its upright width is the stored height.
-EXIF_ORIENTATION = 0x0112
-QUARTER_TURNS = {5, 6, 7, 8}
 
 
 class UploadRejected(ValueError):
@@ -118,26 +116,6 @@ def _truncated_images_refused() -> Iterator[None]:
         yield
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """An opened image's (width, height) as it is meant to be seen, after its EXIF orientation."""
-    width, height = image.size
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION)
-    except (OSError, SyntaxError, ValueError):  # a damaged EXIF block: take the pixels as they are stored
-        orientation = None
-    return (height, width) if orientation in QUARTER_TURNS else (width, height)
-
-
-def sha256_of(upload) -> str:
-    """The fingerprint of a file's bytes (what makes "the same image"); leaves the file positioned at 0."""
-    digest = hashlib.sha256()
-    upload.seek(0)
-    for chunk in upload.chunks() if hasattr(upload, "chunks") else iter(lambda: upload.read(1 << 20), b""):
-        digest.update(chunk)
-    upload.seek(0)
-    return digest.hexdigest()
 
 
 def refuse_duplicate(case: "Case", digest: str) -> None:

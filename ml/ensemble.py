@@ -7,7 +7,7 @@ one Dense softmax layer holds their output weights stacked and divided by their 
 combined file a plain Keras graph with one ``probs`` layer: the operating point and temperature are chosen
 on val and folded in exactly as for a single model (``ml.train.set_operating_point``), and it exports to
 one TFLite file. Grad-CAM adds the members' maps and the quality gate reads the mean of their pooled
-features (``ml.explain``).
+features (``ml.explainer``).
 
 A member file may itself be an ensemble: its networks join one by one, so a new network is added to the
 shipped ones with ``python -m ml.ensemble ml/models/skinsite.keras ml/runs/member2/skinsite.keras``, and

@@ -10,6 +10,7 @@ into its convolution before rounding, where the Keras model rounds the two apart
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -287,6 +288,11 @@ def check_arrays(input_size: tuple[int, int], data_dir: Path, count: int = 64) -
     return np.random.default_rng(0).uniform(-1, 1, (8, *input_size, 3)).astype(np.float32)
 
 
+def sha256(path: Path) -> str:
+    """A file's digest, as the model's JSON records it for each served file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def add_explainer(model_file: Path, data_dir: Path) -> dict:
     """Write the companion of an existing served model (``<name>.tflite`` beside ``model_file``) and record both
     files' digests in its JSON; the model's version and its served file stay as they are."""
@@ -294,7 +300,6 @@ def add_explainer(model_file: Path, data_dir: Path) -> dict:
 
     from .inference import model_metadata
     from .model import load
-    from .train import sha256
 
     meta = model_metadata(model_file)
     served = model_file.with_suffix(".tflite")

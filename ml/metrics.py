@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn import metrics as skm
 
 from .labels import CLASSES, MALIGNANT_INDICES
-from .triage import rate
 
 MEL = CLASSES.index("mel")
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion: honest error bars for a few dozen cases."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def proportion(hits: int, n: int) -> dict:
+    """A measured proportion as the cards store it: value, hits, n and its 95% Wilson interval."""
+    return {"value": hits / n if n else float("nan"), "hits": hits, "n": n, "ci95": wilson(hits, n)}
+
+
+def rate(selected: np.ndarray, positives: np.ndarray) -> dict:
+    """The share of ``positives`` that are ``selected`` (boolean masks over the same images)."""
+    return proportion(int((selected & positives).sum()), int(positives.sum()))
 
 
 def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
@@ -144,7 +165,7 @@ MIN_AUC_CASES = 5  # a melanoma AUC on fewer melanomas (or fewer other lesions) 
 
 def by_group(y: np.ndarray, probs: np.ndarray, groups, order=None) -> list[dict]:
     """The served decisions (argmax of ``probs``) within each value of ``groups`` (one per image): images,
-    accuracy, melanoma recall and malignant sensitivity (``ml.triage.rate``: hits, n and 95% interval), and the
+    accuracy, melanoma recall and malignant sensitivity (:func:`rate`: hits, n and 95% interval), and the
     melanoma AUC (melanoma against every other lesion there) where the group holds at least ``MIN_AUC_CASES`` of
     each. Groups come in ``order`` where given, else largest first."""
     groups = np.asarray(groups, dtype=object)

@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 from . import paths
 from .augment import jpeg
 from .preprocess import HAM_SCALE, load_image
-from .quality import GATE_FILE_NAME, MESSAGES, QualityGate, cached_extract, extract
+from .quality_fit import cached_extract, extract
+from .quality_gate import GATE_FILE_NAME, MESSAGES, QualityGate
 
 log = logging.getLogger("ml.quality")
 
@@ -262,7 +263,7 @@ def summarise(name: str, expect: str, names: list[str], reasons: list[list[str]]
 
 def evaluate(frame: pd.DataFrame) -> dict:
     from .evaluate import update_metrics
-    from .explain import Companion
+    from .explainer import Companion
 
     gate_file = paths.MODELS_DIR / GATE_FILE_NAME
     gate = QualityGate.load(gate_file)

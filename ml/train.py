@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,16 @@ from tqdm import tqdm  # noqa: E402
 from . import checkpoint, data, features, paths, stream  # noqa: E402
 from .bench import machine  # noqa: E402
 from .checkpoint import restore  # noqa: E402
-from .export import NoActivationTensor, check_arrays, deflate, round_to_half, to_int8_tflite, to_tflite, write_explainer  # noqa: E402
+from .export import (  # noqa: E402
+    NoActivationTensor,
+    check_arrays,
+    deflate,
+    round_to_half,
+    sha256,
+    to_int8_tflite,
+    to_tflite,
+    write_explainer,
+)
 from .labels import CLASSES  # noqa: E402
 from .metrics import (  # noqa: E402
     choose_operating_point,
@@ -273,10 +281,6 @@ def compiled(model: keras.Model):
 
         return tf.function(lambda x, training=False: model(x, training=False))
     return lambda x, training=False: model.predict_on_batch(np.asarray(x))
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def train(

@@ -1,6 +1,6 @@
 """Hand-made rows of the model card's metrics.json, for tests of what reads them (no Django, no TensorFlow)."""
 
-from ml.triage import proportion
+from ml.metrics import proportion
 
 
 def group(name, melanomas, found, images=100, accuracy=0.8):

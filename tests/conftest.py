@@ -70,6 +70,6 @@ def patient(staff):
 @pytest.fixture(scope="session")
 def explainer():
     """The shipped model's explainer (its companion file, Grad-CAM and the quality gate), loaded once for the run."""
-    from ml.explain import get_explainer
+    from ml.explainer import get_explainer
 
     return get_explainer()

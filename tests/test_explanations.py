@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from analysis import reports
 from analysis.models import Analysis
-from ml import triage
+from ml import tiers
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
 from workers import tasks
 
@@ -56,7 +56,7 @@ def finished(
 
 @pytest.fixture
 def thresholds():
-    rule = triage.load_triage()
+    rule = tiers.load_triage()
     return rule.routine_threshold, rule.urgent_threshold
 
 
@@ -233,7 +233,7 @@ def test_an_unflagged_report_says_nothing_about_flags(case, staff, thresholds):
 
 
 def test_the_shipped_models_thresholds_and_their_test_figures_are_stated_on_page_and_report(client, case, staff):
-    rule = triage.load_triage()
+    rule = tiers.load_triage()
     analysis = finished(case, staff, min(0.99, rule.urgent_threshold + 0.01), version=rule.model_version)
     measured = rule.describe()["test"]["urgent"]["melanoma_sensitivity"]["value"]
     sentence = f"the urgent tier caught {measured:.0%} of melanomas"

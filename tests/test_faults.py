@@ -203,7 +203,7 @@ def test_the_sweeper_goes_on_after_failed_passes_and_a_failing_close(settings):
     settings.SWEEP_INTERVAL = 0.01
     passes = []
 
-    def failing_sweep():
+    def failing_sweep(send):
         passes.append(1)
         if len(passes) >= 3:
             sweeper._stop.set()
@@ -214,7 +214,7 @@ def test_the_sweeper_goes_on_after_failed_passes_and_a_failing_close(settings):
         mock.patch.object(sweeper, "close_old_connections"),
         mock.patch.object(sweeper.connection, "close", side_effect=OperationalError("connection already closed")),
     ):
-        thread = threading.Thread(target=sweeper._loop)
+        thread = threading.Thread(target=sweeper._loop, args=(lambda pk: True,))
         thread.start()
         thread.join(timeout=10)
     sweeper._stop.clear()

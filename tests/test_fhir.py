@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from analysis import fhir
 from analysis.models import Analysis, AuditEvent, Patient
-from ml import triage
+from ml import tiers
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, finish
 from tests.test_api import PROBABILITIES, client_for
 from workers import tasks
@@ -269,7 +269,7 @@ def test_a_flagged_image_is_coded_as_uncertain_and_never_by_its_class(api, patie
 
 def test_an_urgent_result_with_a_benign_top_class_is_coded_as_suspicious_never_as_its_class(api, patient):
     probabilities = {"akiec": 0.02, "bcc": 0.02, "bkl": 0.03, "df": 0.01, "mel": 0.30, "nv": 0.60, "vasc": 0.02}
-    assert triage.malignant_probability(probabilities) >= triage.load_triage().urgent_threshold
+    assert tiers.malignant_probability(probabilities) >= tiers.load_triage().urgent_threshold
     analysis = finish(
         AnalysisFactory(image=LesionImageFactory(case=CaseFactory(patient=patient))), probabilities, report=True
     )

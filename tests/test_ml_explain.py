@@ -1,4 +1,4 @@
-"""Grad-CAM (ml.explain): the heatmap has the image's size, shows something, follows the lesion, and is the Keras
+"""Grad-CAM (ml.explainer): the heatmap has the image's size, shows something, follows the lesion, and is the Keras
 Grad-CAM's (ml.keras_gradcam) computed in numpy from the served file's own activations."""
 
 import io
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ml import data, paths
-from ml.explain import Explanation, get_explainer, overlay_heatmap, upsample
+from ml.explainer import Explanation, get_explainer, overlay_heatmap, upsample
 from ml.labels import CLASSES
 from ml.preprocess import load_image, to_array
 
@@ -145,15 +145,15 @@ def test_the_overlay_is_rgb_of_the_same_size():
 
 
 def test_importing_explain_does_not_import_tensorflow():
-    code = "import sys, ml.explain; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, ml.explainer; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=paths.REPO).returncode == 0
 
 
 def test_gate_statistics_of_another_model_are_refused(tmp_path):
     from dataclasses import replace
 
-    from ml.explain import Explainer
-    from ml.quality import GATE_FILE_NAME, QualityGate
+    from ml.explainer import Explainer
+    from ml.quality_gate import GATE_FILE_NAME, QualityGate
 
     stale = tmp_path / GATE_FILE_NAME
     replace(QualityGate.load(paths.MODELS_DIR / GATE_FILE_NAME), model_version="an-older-model").save(stale)
@@ -165,7 +165,7 @@ def test_the_colormap_is_matplotlibs_inferno():
     pytest.importorskip("matplotlib", reason="matplotlib (a training dependency) is not installed")
     from matplotlib import colormaps
 
-    from ml.explain import COLORMAP, _colormap_lut
+    from ml.explainer import COLORMAP, _colormap_lut
 
     expected = (colormaps[COLORMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(_colormap_lut(), expected)
@@ -184,9 +184,9 @@ def test_the_explainer_predicts_what_the_served_file_predicts_and_explains_that_
 def test_a_companion_file_that_is_not_the_one_the_json_names_is_refused(tmp_path):
     import shutil
 
-    from ml.explain import Explainer
+    from ml.explainer import Explainer
     from ml.inference import model_metadata
-    from ml.quality import GATE_FILE_NAME
+    from ml.quality_gate import GATE_FILE_NAME
 
     meta = model_metadata(paths.SHIPPED_MODEL)
     for name in ("skinsite.tflite", "skinsite.json", GATE_FILE_NAME, meta["explainer"]["file"]):
@@ -196,7 +196,7 @@ def test_a_companion_file_that_is_not_the_one_the_json_names_is_refused(tmp_path
         Explainer(tmp_path / "skinsite.tflite")
 
 
-# Agreement with the Keras Grad-CAM, measured on the shipped model (ml.explain's docstring and the note on
+# Agreement with the Keras Grad-CAM, measured on the shipped model (ml.explainer's docstring and the note on
 # the worker issue give the figures): the served file's activations are 8-bit (steps of 6/255), so the maps are
 # close but not equal. Per image: Pearson correlation of the upsampled maps >= 0.95 and mean absolute
 # difference <= 0.08 (of the map's 0-1 range); over the images: median correlation >= 0.99, and the hottest

@@ -43,8 +43,7 @@ def test_without_any_point_keeping_melanoma_recall_the_best_sum_overall_is_taken
 
 
 def test_each_group_counts_its_own_decisions_melanomas_and_malignant_lesions():
-    from ml.metrics import by_group
-    from ml.triage import proportion
+    from ml.metrics import by_group, proportion
 
     def onehot(classes):
         return np.eye(len(CLASSES))[[CLASSES.index(c) for c in classes]]

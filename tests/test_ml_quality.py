@@ -1,4 +1,4 @@
-"""The quality gate (ml.quality): real lesion images pass; blanks, documents, a cat and blurred images do not."""
+"""The quality gate (ml.quality_gate): real lesion images pass; blanks, documents, a cat and blurred images do not."""
 
 import json
 
@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ml import data, paths
 from ml.preprocess import load_image
-from ml.quality import GATE_FILE_NAME, MESSAGES, QualityGate, image_stats, stored_version
+from ml.quality_gate import GATE_FILE_NAME, MESSAGES, QualityGate, image_stats, stored_version
 
 needs_data = pytest.mark.skipif(
     not (paths.DATA_DIR / "split.csv").exists(), reason=f"HAM10000 is not at {paths.DATA_DIR} (../shared absent)"

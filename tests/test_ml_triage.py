@@ -1,4 +1,4 @@
-"""Risk tiers (ml.triage): ordered thresholds, monotone tiers, flagged images uncertain, a reproducible fit."""
+"""Risk tiers (ml.tiers, fitted by ml.triage): ordered thresholds, monotone tiers, flagged images uncertain, a reproducible fit."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from ml import paths, triage
 from ml.labels import CLASSES
-from ml.triage import TIERS, Triage, load_triage, malignant_probability
+from ml.tiers import TIERS, Triage, load_triage, malignant_probability
 
 needs_data = pytest.mark.skipif(
     not (paths.DATA_DIR / "split.csv").exists(), reason=f"HAM10000 is not at {paths.DATA_DIR} (../shared absent)"
@@ -69,7 +69,9 @@ def test_describe_gives_the_thresholds_and_the_measured_test_figures(shipped):
 
 
 def test_triage_does_not_import_tensorflow():
-    code = "import sys, ml.triage; ml.triage.load_triage(); sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = (
+        "import sys, ml.tiers; ml.tiers.load_triage(); sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=paths.REPO).returncode == 0
 
 

@@ -119,8 +119,8 @@ def test_the_sweeper_resends_work_lost_by_a_dead_worker_or_a_down_broker(case, s
     Analysis.objects.filter(pk=finished.pk).update(status="done", queued_at=now - timedelta(hours=1))
 
     with mock.patch.object(tasks.analyse, "apply_async") as send:
-        sent = sweeper.sweep()
-        again = sweeper.sweep()  # straight after: nothing is taken twice
+        sent = sweeper.sweep(tasks.enqueue)
+        again = sweeper.sweep(tasks.enqueue)  # straight after: nothing is taken twice
     assert sorted(sent) == sorted([dead.pk, lost.pk])
     assert again == []
     assert sorted(call.args[0][0] for call in send.call_args_list) == sorted([dead.pk, lost.pk])
@@ -140,7 +140,7 @@ def test_the_sweeper_fails_an_analysis_that_stopped_its_worker_on_every_attempt(
     )
 
     with mock.patch.object(tasks.analyse, "apply_async") as send:
-        assert sweeper.sweep() == [retried.pk]
+        assert sweeper.sweep(tasks.enqueue) == [retried.pk]
     send.assert_called_once_with((retried.pk,), retry=False)
     poison.refresh_from_db()
     assert (poison.status, poison.finished_at is not None) == ("failed", True)
@@ -157,5 +157,5 @@ def test_the_sweeper_keeps_work_queued_while_the_broker_is_still_down(case, sett
     lost = AnalysisFactory(image__case=case)
     Analysis.objects.filter(pk=lost.pk).update(queued_at=timezone.now() - timedelta(seconds=31))
     with mock.patch.object(tasks.analyse, "apply_async", side_effect=BrokerError("down")):
-        assert sweeper.sweep() == []
+        assert sweeper.sweep(tasks.enqueue) == []
     assert Analysis.objects.get(pk=lost.pk).status == "queued"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from analysis import reports
 from analysis.models import Analysis, Membership
-from ml import triage
+from ml import tiers
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
@@ -52,7 +52,7 @@ def analysed(patient, probabilities, **result) -> Analysis:
 
 @pytest.fixture
 def urgent_benign(patient) -> Analysis:
-    assert triage.malignant_probability(URGENT_BENIGN) >= triage.load_triage().urgent_threshold
+    assert tiers.malignant_probability(URGENT_BENIGN) >= tiers.load_triage().urgent_threshold
     return analysed(patient, URGENT_BENIGN)
 
 
@@ -64,7 +64,7 @@ def test_malignant_means_the_urgent_threshold_is_reached_whatever_the_top_class(
     weak = {"akiec": 0.0, "bcc": 0.0, "bkl": 0.19, "df": 0.19, "mel": 0.24, "nv": 0.19, "vasc": 0.19}
     weak_melanoma = analysed(patient, weak)
     assert weak_melanoma.predicted_class == "mel"
-    assert triage.load_triage().urgent_threshold > 0.24
+    assert tiers.load_triage().urgent_threshold > 0.24
     assert weak_melanoma.malignant is False
 
 

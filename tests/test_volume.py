@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from analysis.demo import seed_clinic
 from analysis.models import Analysis, Case, LesionImage, Patient
-from ml import triage
+from ml import tiers
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -70,7 +70,7 @@ def test_seed_demo_fills_a_clinic_without_running_the_model(django_capture_on_co
         assert sum(analysis.probabilities.values()) == pytest.approx(1.0)
         assert analysis.predicted_class == max(analysis.probabilities, key=analysis.probabilities.get)
         # "Malignant" means what it means everywhere: the malignant classes together reach the urgent threshold.
-        assert analysis.malignant == (analysis.malignant_probability >= triage.load_triage().urgent_threshold)
+        assert analysis.malignant == (analysis.malignant_probability >= tiers.load_triage().urgent_threshold)
         if not analysis.flagged:
             assert analysis.malignant == (analysis.risk_tier == "urgent")
     image = LesionImage.objects.first()

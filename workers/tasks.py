@@ -3,7 +3,7 @@
 Both tasks take an analysis id, reload the row and return quietly if there is nothing for them to do, so a
 redelivered or duplicated message does no harm. The analysis row is the truth about the work; Celery's
 own task state is never read. Lost work (a dead worker, a broker that was down) is found and sent again
-by the sweeper in workers/sweeper.py.
+by the sweeper in workers/sweeper.py, which each worker's main process starts here once it is ready.
 """
 
 import contextlib
@@ -12,13 +12,14 @@ import logging
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 from PIL import Image, UnidentifiedImageError
 
 from analysis.models import Analysis
 from ml.preprocess import load_image
+from workers import sweeper
 from workers.celery import app
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ def request_report(analysis_id: int) -> bool:
 
 def explainer():
     """The worker process's model (the served model's LiteRT companion file, its head's weights and the quality
-    gate), loaded once (ml.explain keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
-    from ml.explain import get_explainer
+    gate), loaded once (ml.explainer keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
+    from ml.explainer import get_explainer
 
     return get_explainer()
 
@@ -147,4 +148,11 @@ def render_report(self, analysis_id: int) -> str:
     return "done"
 
 
-from workers import sweeper  # noqa: E402,F401 -- its signals start the sweeper in every worker
+@worker_ready.connect
+def _start_sweeper(**kwargs) -> None:
+    sweeper.start(enqueue)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**kwargs) -> None:
+    sweeper.stop()

@@ -6,10 +6,10 @@ from django.db import migrations
 
 
 def recompute(apps, schema_editor):
-    from ml import triage
+    from ml import tiers
 
     Analysis = apps.get_model("analysis", "Analysis")
-    urgent = triage.load_triage().urgent_threshold
+    urgent = tiers.load_triage().urgent_threshold
     done = Analysis.objects.filter(status="done", malignant_probability__isnull=False)
     done.filter(malignant_probability__gte=urgent).update(malignant=True)
     done.filter(malignant_probability__lt=urgent).update(malignant=False)
