@@ -31,7 +31,7 @@ from rest_framework.views import exception_handler
 from analysis import audit, fhir
 from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_clinic
 from analysis.classes import CLASS_CODES
-from analysis.forms import DayRangeFilterForm, StrictBooleanField
+from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
@@ -325,6 +325,24 @@ class IdFilter(django_filters.NumberFilter):
         super().__init__(*args, **kwargs)
 
 
+class DayFilter(django_filters.DateFilter):
+    """One end of a range of whole days in the clinic's zone, filtered as the pages filter (`within_days`: a range
+    on the column itself, so its index serves; a date picker's extreme days leave that end open)."""
+
+    def __init__(self, *args, last: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last = last
+
+    def filter(self, qs, value):
+        if value is None:
+            return qs
+        return (
+            within_days(qs, self.field_name, None, value)
+            if self.last
+            else within_days(qs, self.field_name, value, None)
+        )
+
+
 class StrictBooleanFilter(django_filters.BooleanFilter):
     """true or false; any other value is a 400 naming the filter, as an unknown status is."""
 
@@ -535,8 +553,8 @@ class AnalysisFilter(django_filters.FilterSet):
     case = IdFilter(field_name="image__case")
     image = IdFilter(field_name="image")
     malignant = StrictBooleanFilter()
-    created_after = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte")
-    created_before = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte")
+    created_after = DayFilter(field_name="created_at")
+    created_before = DayFilter(field_name="created_at", last=True)
 
     class Meta:
         model = Analysis
@@ -654,8 +672,8 @@ class AuditDayRangeFilterForm(DayRangeFilterForm):
 class AuditEventFilter(django_filters.FilterSet):
     user = IdFilter(field_name="user")
     patient = IdFilter(field_name="patient_id")
-    after = django_filters.DateFilter(field_name="at", lookup_expr="date__gte")
-    before = django_filters.DateFilter(field_name="at", lookup_expr="date__lte")
+    after = DayFilter(field_name="at")
+    before = DayFilter(field_name="at", last=True)
 
     class Meta:
         model = AuditEvent

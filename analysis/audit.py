@@ -60,12 +60,9 @@ def record(
     """Store one event by the request's user about `obj` (a Patient, Case, LesionImage or Analysis of their
     clinic); `object_type=ObjectType.REPORT` with an analysis for its report. One INSERT: the clinic comes
     from the user (cached by then), the patient from the relations the view has already loaded."""
-    user = request.user if request.user.is_authenticated else None
     return _store(
         request,
-        user=user,
-        username=user.get_username() if user else "",
-        clinic=clinic_for(user) if user else None,
+        **_actor(request),
         action=action,
         object_type=object_type or _TYPES[type(obj)],
         object_id=obj.pk if obj is not None else None,
@@ -113,18 +110,25 @@ def record_other_clinics(request, refused: OtherClinicsRecord) -> AuditEvent | N
     object_type = _TYPES.get(refused.model)
     if object_type is None:  # no page or API object of that kind is reached by id
         return None
-    user = request.user if request.user.is_authenticated else None
     return _store(
         request,
-        user=user,
-        username=user.get_username() if user else "",
-        clinic=clinic_for(user) if user else None,
+        **_actor(request),
         action=Action.OTHER_CLINICS_RECORD,
         object_type=object_type,
         object_id=refused.object_id,
         record_clinic_id=refused.clinic_id,
         description=f"{ObjectType(object_type).label} {refused.object_id} is not of this clinic: answered 404",
     )
+
+
+def _actor(request) -> dict:
+    """Who an event is by: the request's user, their name as it was then, and their clinic (none when signed out)."""
+    user = request.user if request.user.is_authenticated else None
+    return {
+        "user": user,
+        "username": user.get_username() if user else "",
+        "clinic": clinic_for(user) if user else None,
+    }
 
 
 def _store(request, **fields) -> AuditEvent:

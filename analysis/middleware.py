@@ -16,11 +16,19 @@ from analysis import audit
 from analysis.access import OtherClinicsRecord, clinic_for
 
 
+def activate_clinic_zone(user) -> None:
+    """Make the user's clinic's time zone the current one (for this request; `clinic_time_zone` ends it)."""
+    clinic = clinic_for(user)
+    if clinic is not None:
+        timezone.activate(zoneinfo.ZoneInfo(clinic.time_zone))
+
+
 def clinic_time_zone(get_response):
+    """The clinic's zone for a signed-in session; an API token is read later, by the view, which then calls
+    `activate_clinic_zone` itself (analysis.authentication)."""
+
     def middleware(request):
-        clinic = clinic_for(request.user)
-        if clinic is not None:
-            timezone.activate(zoneinfo.ZoneInfo(clinic.time_zone))
+        activate_clinic_zone(request.user)
         try:
             return get_response(request)
         finally:

@@ -12,7 +12,6 @@ overlay, or times this module and measures its memory (``--bench``).
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 
 from . import paths
 from .gradcam import Head
-from .inference import LiteModel, Prediction, model_metadata, prediction_of
+from .inference import LiteModel, Prediction, model_metadata, prediction_of, sha256
 from .labels import CLASSES
 from .preprocess import ImageSource, load_image, to_array
 from .quality_gate import GATE_FILE_NAME, QualityGate
@@ -89,7 +88,7 @@ class Companion:
             )
         folder = self.model_path.parent
         for name in (entry["file"], entry["head"]):
-            if meta["files"].get(name) != hashlib.sha256((folder / name).read_bytes()).hexdigest():
+            if meta["files"].get(name) != sha256(folder / name):
                 raise ValueError(f"{folder / name} is not the file {self.model_path.with_suffix('.json').name} names")
         self.lite = LiteModel(folder / entry["file"], num_threads=num_threads)
         self.head = Head.load(folder / entry["head"])

@@ -10,7 +10,6 @@ into its convolution before rounding, where the Keras model rounds the two apart
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -254,13 +253,14 @@ def write_explainer(model: keras.Model, served: str | Path, arrays: np.ndarray, 
             f"{head_file.name}: the head's weights give the Keras model's probabilities off by {keras_error:.2g}"
         )
     served_probs = LiteModel(served, num_threads=1).in_batches(arrays)
-    probs, *activations = LiteModel(tflite, num_threads=1).outputs_in_batches(arrays)
+    companion = LiteModel(tflite, num_threads=1)
+    probs, *activations = companion.outputs_in_batches(arrays)
     if not np.array_equal(probs, served_probs):
         differ = float(np.abs(probs - served_probs).max())
         raise ValueError(f"{tflite.name} answers other than {served.name} (by up to {differ:.2g}): not written")
     # In an int8 file the pooling runs on the 8-bit activations, the worker's numpy head on their float values:
     # the two part by a few thousandths (0.0026 on the shipped model); further apart, the outputs are mismatched.
-    int8 = LiteModel(tflite, num_threads=1).quantised_outputs()
+    int8 = companion.quantised_outputs()
     tolerance = INT8_HEAD_TOLERANCE if any(int8[1:]) else 1e-4
     head_error = float(np.abs(head.probabilities(activations) - probs).max())
     if head_error > tolerance:
@@ -288,17 +288,12 @@ def check_arrays(input_size: tuple[int, int], data_dir: Path, count: int = 64) -
     return np.random.default_rng(0).uniform(-1, 1, (8, *input_size, 3)).astype(np.float32)
 
 
-def sha256(path: Path) -> str:
-    """A file's digest, as the model's JSON records it for each served file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def add_explainer(model_file: Path, data_dir: Path) -> dict:
     """Write the companion of an existing served model (``<name>.tflite`` beside ``model_file``) and record both
     files' digests in its JSON; the model's version and its served file stay as they are."""
     import json
 
-    from .inference import model_metadata
+    from .inference import model_metadata, sha256
     from .model import load
 
     meta = model_metadata(model_file)

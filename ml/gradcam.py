@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .inference import softmax
+
 
 @dataclass(frozen=True, eq=False)
 class Head:
@@ -62,9 +64,7 @@ class Head:
 
     def probabilities(self, activations: list[np.ndarray]) -> np.ndarray:
         """(n, classes) softmax of :meth:`logits`."""
-        logits = self.logits(activations)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(self.logits(activations))
 
     def cam(self, activations: list[np.ndarray], class_index: int) -> np.ndarray:
         """Members' activations of one image, each (h, w, c) -> the coarse Grad-CAM (h, w) of ``class_index``."""

@@ -7,6 +7,7 @@ interpreter is light (no TensorFlow import) and fast at batch 1 on a CPU.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import threading
@@ -51,7 +52,12 @@ def predict_views(predict, batch: np.ndarray, views) -> np.ndarray:
         return predict(batch)
     stacked = np.ascontiguousarray(np.concatenate([VIEWS[v](batch) for v in views]), dtype=np.float32)
     logs = np.log(np.clip(predict(stacked), 1e-12, None)).reshape(len(views), len(batch), -1).mean(axis=0)
-    e = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return softmax(logs)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, classes) logits."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
@@ -70,6 +76,11 @@ def model_metadata(model_path: str | Path) -> dict:
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file} is missing: a model must ship with its metadata")
     return json.loads(meta_file.read_text())
+
+
+def sha256(path: str | Path) -> str:
+    """A file's digest, as the model's JSON records it for each of its files (``files``)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class LiteModel:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
+from .inference import softmax
 from .labels import CLASSES, MALIGNANT_INDICES
 
 MEL = CLASSES.index("mel")
@@ -84,12 +85,6 @@ def summary(y: np.ndarray, probs: np.ndarray) -> dict:
         },
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:

@@ -28,8 +28,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from . import data, paths  # noqa: E402
 from .bench import timings  # noqa: E402
 from .calibrate import folded_adjustment  # noqa: E402
-from .export import sha256  # noqa: E402
-from .inference import Classifier, model_metadata  # noqa: E402
+from .inference import Classifier, model_metadata, sha256  # noqa: E402
 from .metrics import MEL, choose_operating_point, class_prior, operating_bias, softmax, summary  # noqa: E402
 from .preprocess import preprocess  # noqa: E402
 

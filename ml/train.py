@@ -45,11 +45,11 @@ from .export import (  # noqa: E402
     check_arrays,
     deflate,
     round_to_half,
-    sha256,
     to_int8_tflite,
     to_tflite,
     write_explainer,
 )
+from .inference import sha256  # noqa: E402
 from .labels import CLASSES  # noqa: E402
 from .metrics import (  # noqa: E402
     choose_operating_point,

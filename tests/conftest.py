@@ -5,7 +5,7 @@ import redis
 from django.conf import settings as django_settings
 
 from skinsite import embedded_redis
-from tests.factories import MembershipFactory, PatientFactory
+from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, MembershipFactory, PatientFactory, finish
 from workers import app
 
 
@@ -65,6 +65,17 @@ def outsider(db):
 @pytest.fixture
 def patient(staff):
     return PatientFactory(clinic=staff.membership.clinic)
+
+
+@pytest.fixture
+def case(patient, staff):
+    return CaseFactory(patient=patient, clinician=staff)
+
+
+@pytest.fixture
+def analysis(case, staff):
+    """A done analysis of the staff member's patient, with its report written (a module may define its own)."""
+    return finish(AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)), report=True)
 
 
 @pytest.fixture(scope="session")

@@ -57,11 +57,6 @@ def anonymous():
 
 
 @pytest.fixture
-def case(patient, staff):
-    return CaseFactory(patient=patient, clinician=staff)
-
-
-@pytest.fixture
 def analysis(case):
     return AnalysisFactory(image=LesionImageFactory(case=case))
 
@@ -511,6 +506,22 @@ def test_analyses_are_filtered(api, staff, case, analysis):
     today = timezone.now().date()
     assert ids(created_after=today.isoformat()) == sorted([mel.pk, nv.pk])
     assert ids(created_before=(today - dt.timedelta(days=5)).isoformat()) == [queued.pk]
+
+
+def test_a_token_clients_days_and_times_are_the_clinics_as_on_the_pages(api, staff, analysis):
+    """A token is read after the middleware has run: the clinic's zone must still apply, to the day filters and
+    the times answered alike."""
+    clinic = staff.membership.clinic
+    clinic.time_zone = "Pacific/Kiritimati"  # UTC+14: 11:30 UTC on 1 March is 01:30 on 2 March there
+    clinic.save()
+    Analysis.objects.filter(pk=analysis.pk).update(created_at=dt.datetime(2026, 3, 1, 11, 30, tzinfo=dt.UTC))
+
+    def ids(**params):
+        return [a["id"] for a in api.get("/api/analyses/", params).json()["results"]]
+
+    assert ids(created_after="2026-03-02", created_before="2026-03-02") == [analysis.pk]
+    assert ids(created_before="2026-03-01") == []
+    assert api.get(f"/api/analyses/{analysis.pk}/").json()["created_at"].startswith("2026-03-02T01:30:00+14:00")
 
 
 def test_lists_take_the_same_few_queries_however_many_rows(api, case, django_assert_max_num_queries):

@@ -17,12 +17,10 @@ from rest_framework.test import APIClient
 from analysis import audit
 from analysis.models import AppendOnlyError, AuditEvent, Membership, Patient
 from tests.factories import (
-    AnalysisFactory,
     CaseFactory,
     LesionImageFactory,
     MembershipFactory,
     UserFactory,
-    finish,
     jpeg_upload,
 )
 
@@ -30,17 +28,6 @@ pytestmark = pytest.mark.django_db
 
 WINTER_NOON_UTC = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 BROWSER = {"HTTP_USER_AGENT": "Mozilla/5.0 (tablet in room 3)", "REMOTE_ADDR": "192.0.2.7"}
-
-
-@pytest.fixture
-def case(patient, staff):
-    return CaseFactory(patient=patient, clinician=staff)
-
-
-@pytest.fixture
-def analysis(case, staff):
-    """A done analysis with its report written."""
-    return finish(AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)), report=True)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from analysis import reports
 from analysis.models import Analysis
 from ml import tiers
-from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, finish
+from tests.factories import AnalysisFactory, LesionImageFactory, finish
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -39,11 +39,6 @@ def heatmap_png(size=(40, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.linear_gradient("L").resize(size).convert("RGB").save(buffer, "PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-def case(patient, staff):
-    return CaseFactory(patient=patient, clinician=staff)
 
 
 def finished(

@@ -21,11 +21,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def case(patient, staff):
-    return CaseFactory(patient=patient, clinician=staff)
-
-
-@pytest.fixture
 def analysis(case, staff):
     return AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff))
 
