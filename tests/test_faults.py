@@ -62,9 +62,8 @@ NO_PRIVATE_POSTGRES = stack.PostgresCluster.unavailable_reason()
 @pytest.fixture(scope="module")
 def fault_scripts(tmp_path_factory):
     """The three fault scripts, started side by side: each runs a stack of its own on its own ports, and spends
-    most of its time waiting out an outage or a time limit, so together they take about as long as the longest
-    (28-32 s for the three, against 72-80 s one after the other, on a 2-core EPYC). Shorter streams and outages
-    than their defaults."""
+    most of its time waiting out an outage or a time limit, so together they take little more than the longest
+    (make test's durations show it). Shorter streams and outages than their defaults."""
     folder = tmp_path_factory.mktemp("faults")
     scripts = {
         "worker_kill": Script("tests.faults.worker_kill", "--images", "12", folder=folder),
