@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from sklearn import metrics as skm
 
 from .inference import softmax
 from .labels import CLASSES, MALIGNANT_INDICES
+from .stats import proportion
 
 MEL = CLASSES.index("mel")
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of a proportion: honest error bars for a few dozen cases."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
-def proportion(hits: int, n: int) -> dict:
-    """A measured proportion as the cards store it: value, hits, n and its 95% Wilson interval."""
-    return {"value": hits / n if n else float("nan"), "hits": hits, "n": n, "ci95": wilson(hits, n)}
 
 
 def rate(selected: np.ndarray, positives: np.ndarray) -> dict:

@@ -22,6 +22,7 @@ SERVING = {
     "ml.explainer",
     "ml.quality_gate",
     "ml.tiers",
+    "ml.stats",
 }
 # Training the model: data, augmentation, the network, recipes, calibration, ensembles and export to LiteRT.
 TRAINING = {
