@@ -45,8 +45,8 @@ fmt: $(VENV)/.installed-all
 	$(BIN)/ruff format .
 
 bench: $(VENV)/.installed-all
-	$(BIN)/python -m ml.bench
-	$(BIN)/python -m ml.explain --bench
+	$(BIN)/python -m ml.study.bench
+	$(BIN)/python -m ml.study.explain --bench
 	$(BIN)/python -m workers.bench
 
 # 200 API submissions from 20 clients against gunicorn + 2 workers (LOAD_ARGS="--images 50 --clients 5";

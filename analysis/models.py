@@ -26,7 +26,7 @@ from PIL import Image
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
 from analysis.image_files import sha256_of, upright_size
-from ml import tiers
+from ml.serve import tiers
 
 
 def default_time_zone() -> str:
@@ -309,11 +309,11 @@ class Analysis(models.Model):
     # Suspicious for malignancy: malignant_probability at or above the urgent threshold (see result_fields);
     # not "the top class is malignant", which the class itself says.
     malignant = models.BooleanField(null=True, blank=True)
-    # mel + bcc + akiec, and the triage tier it falls in (thresholds chosen on val, ml/tiers.py); a flagged
+    # mel + bcc + akiec, and the triage tier it falls in (thresholds chosen on val, ml/serve/tiers.py); a flagged
     # image is always "uncertain".
     malignant_probability = models.FloatField(null=True, blank=True)
     risk_tier = models.CharField(max_length=10, choices=RiskTier.choices, blank=True)
-    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/quality_gate.py); empty = passed.
+    # Plain-language reasons the image may not be a dermoscopic lesion image (ml/serve/quality_gate.py); empty = passed.
     quality_flags = models.JSONField(default=list, blank=True)
     # Grad-CAM of the predicted class over the image (PNG), written before the row says done.
     heatmap = models.FileField(upload_to=heatmap_path, null=True, blank=True)

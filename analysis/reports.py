@@ -21,8 +21,8 @@ from django.utils.text import slugify
 
 from analysis.classes import CLASS_NAMES, MALIGNANT
 from analysis.models import Analysis
-from ml import tiers
-from ml.labels import age_band
+from ml.serve import tiers
+from ml.serve.labels import age_band
 
 DISCLAIMER = (
     "Screening aid only, not a diagnosis. This result comes from a machine-learning model, not from a "
@@ -221,7 +221,7 @@ def report_url_fetcher():
 def _image_data_uri(analysis: Analysis) -> str:
     """The picture as the model saw it: upright (EXIF orientation applied) and in RGB, whatever the stored
     original is (CMYK, 16-bit, alpha), so the PDF shows what a browser shows and what was classified."""
-    from ml.preprocess import load_image  # numpy and Pillow work: workers only, like WeasyPrint
+    from ml.serve.preprocess import load_image  # numpy and Pillow work: workers only, like WeasyPrint
 
     with analysis.image.image.open("rb") as handle:
         picture = load_image(handle)

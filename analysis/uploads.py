@@ -7,7 +7,7 @@ Decisions (tests/test_hostile_uploads.py holds the table of every case):
   WebP stills are refused like any other format; animated GIF, WebP and PNG (APNG) are refused with their
   own sentence, since "first frame" would analyse a picture nobody chose;
 - any colour mode Pillow decodes (grayscale, palette, RGBA, CMYK, 16-bit) is accepted: the stored file stays
-  the original, and the model and the report convert it to RGB (ml/preprocess.py);
+  the original, and the model and the report convert it to RGB (ml/serve/preprocess.py);
 - width and height are the upright ones, after the EXIF orientation tag;
 - the same bytes (same sha256) twice in one case are refused, naming the earlier upload; the same picture
   in another case or for another patient is fine.

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from . import paths
-from .inference import Classifier
-from .labels import CLASSES
-from .preprocess import preprocess
+from ml.serve import paths
+from ml.serve.inference import Classifier
+from ml.serve.labels import CLASSES
+from ml.serve.preprocess import preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

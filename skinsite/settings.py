@@ -15,7 +15,7 @@ import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from ml.paths import SHIPPED_MODEL
+from ml.serve.paths import SHIPPED_MODEL
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

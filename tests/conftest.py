@@ -81,6 +81,6 @@ def analysis(case, staff):
 @pytest.fixture(scope="session")
 def explainer():
     """The shipped model's explainer (its companion file, Grad-CAM and the quality gate), loaded once for the run."""
-    from ml.explainer import get_explainer
+    from ml.serve.explainer import get_explainer
 
     return get_explainer()

@@ -19,7 +19,7 @@ from fhir.resources.bundle import Bundle
 from PIL import Image, ImageDraw
 
 from analysis.models import Analysis, Case, Patient
-from ml.paths import SHIPPED_MODEL
+from ml.serve.paths import SHIPPED_MODEL
 from workers.process import Worker
 
 CHROMIUM = "/usr/bin/chromium"

@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from analysis import reports
 from analysis.models import Analysis
-from ml import tiers
+from ml.serve import tiers
 from tests.factories import AnalysisFactory, LesionImageFactory, finish
 from workers import tasks
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from analysis import fhir
 from analysis.models import Analysis, AuditEvent, Patient
-from ml import tiers
+from ml.serve import tiers
 from tests.factories import AnalysisFactory, CaseFactory, LesionImageFactory, PatientFactory, finish
 from tests.test_api import PROBABILITIES, client_for
 from workers import tasks

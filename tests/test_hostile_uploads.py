@@ -42,8 +42,8 @@ from analysis import reports
 from analysis.models import Analysis, LesionImage
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected
-from ml.inference import Classifier
-from ml.preprocess import load_image
+from ml.serve.inference import Classifier
+from ml.serve.preprocess import load_image
 from tests.factories import CaseFactory, encoded, png_declaring
 from tests.test_api import client_for
 

@@ -11,50 +11,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("analysis", "skinsite", "workers", "ml")
 
-# What a worker runs for every image, and what the web process reads (tiers): LiteRT, numpy, scipy and Pillow only.
-SERVING = {
-    "ml",
-    "ml.paths",
-    "ml.labels",
-    "ml.preprocess",
-    "ml.inference",
-    "ml.gradcam",
-    "ml.explainer",
-    "ml.quality_gate",
-    "ml.tiers",
-    "ml.stats",
-}
-# Training the model: data, augmentation, the network, recipes, calibration, ensembles and export to LiteRT.
-TRAINING = {
-    "ml.data",
-    "ml.augment",
-    "ml.stream",
-    "ml.features",
-    "ml.model",
-    "ml.checkpoint",
-    "ml.train",
-    "ml.calibrate",
-    "ml.ensemble",
-    "ml.export",
-    "ml.quantize",
-    "ml.quality_fit",
-    "ml.triage",
-}
-# Measuring and reporting: the card, comparisons, sweeps, robustness, baselines, benchmarks, the Keras references.
-STUDY = {
-    "ml.metrics",
-    "ml.evaluate",
-    "ml.predict",
-    "ml.sweep",
-    "ml.compare",
-    "ml.robustness",
-    "ml.baselines",
-    "ml.bench",
-    "ml.quality_eval",
-    "ml.quality",
-    "ml.explain",
-    "ml.keras_gradcam",
-}
+# ml/ is three packages that import each other one way only: serve <- train <- study (see ml/__init__.py).
+# What a worker runs for every image and the web process reads: LiteRT, numpy, scipy and Pillow only.
+SERVING_PACKAGE = "ml.serve"
+# Making the model: data, augmentation, the network, recipes, calibration, ensembles, export, fitting gate and tiers.
+TRAINING_PACKAGE = "ml.train"
+# Measuring it: the card's parts, comparisons, sweeps, robustness, baselines, benchmarks, the Keras references.
+STUDY_PACKAGE = "ml.study"
+# The package itself and the three commands that keep their names at its top: what each may import, as a part.
+TOP = {"ml": "serve", "ml.predict": "serve", "ml.evaluate": "study"}
+
+
+def part_of(name: str) -> str | None:
+    """serve, train or study for a module of ml/ (None outside ml/)."""
+    if name in TOP:
+        return TOP[name]
+    for package, part in ((SERVING_PACKAGE, "serve"), (TRAINING_PACKAGE, "train"), (STUDY_PACKAGE, "study")):
+        if name == package or name.startswith(package + "."):
+            return part
+    return None
+
+
+# A part may import the parts before it, never the ones after it.
+ORDER = {"serve": 0, "train": 1, "study": 2}
+
 # Commands that drive the whole stack from outside it; neither a worker nor the web process imports them.
 OUTSIDE_THE_SERVICE = {"workers.bench"}
 TENSORFLOW = {"tensorflow", "keras"}
@@ -178,17 +158,18 @@ def test_no_module_imports_itself_through_others():
     assert not found, "import loops:\n" + "\n".join(" -> ".join(cycle) for cycle in found)
 
 
-def test_every_ml_module_is_serving_training_or_study():
+def test_every_ml_module_is_in_the_serving_training_or_study_part():
     internal, _ = import_graph()
-    ml = {name for name in internal if name.split(".")[0] == "ml"}
-    assert SERVING | TRAINING | STUDY == ml, "classify each ml module in tests/test_imports.py"
-    assert not SERVING & TRAINING and not SERVING & STUDY and not TRAINING & STUDY
+    loose = sorted(name for name in internal if name.split(".")[0] == "ml" and part_of(name) is None)
+    assert not loose, f"put these in ml/serve, ml/train or ml/study: {loose}"
+    assert part_of("ml.serve.tiers") == "serve" and part_of("ml.train.fit") == "train"
+    assert part_of("ml.study.card") == "study" and part_of("ml.evaluate") == "study" and part_of("analysis") is None
 
 
 def test_a_worker_imports_only_the_serving_part_of_ml():
     internal, _ = import_graph()
     chains = reachable(internal, "workers.tasks")
-    outside = {name: chain for name, chain in chains.items() if name.split(".")[0] == "ml" and name not in SERVING}
+    outside = {name: chain for name, chain in chains.items() if part_of(name) not in (None, "serve")}
     assert not outside, "\n".join(" -> ".join(chain) for chain in outside.values())
 
 
@@ -197,7 +178,7 @@ def test_the_web_workers_and_serving_never_import_tensorflow_or_keras():
     service = {
         name
         for name in internal
-        if (name.split(".")[0] in ("analysis", "skinsite", "workers") or name in SERVING)
+        if (name.split(".")[0] in ("analysis", "skinsite", "workers") or part_of(name) == "serve")
         and name not in OUTSIDE_THE_SERVICE
     }
     found = []
@@ -208,11 +189,23 @@ def test_the_web_workers_and_serving_never_import_tensorflow_or_keras():
     assert not found, "TensorFlow or Keras imported by the service:\n" + "\n".join(found)
 
 
-def test_serving_never_imports_training_or_study():
+def test_each_part_of_ml_imports_only_itself_and_the_parts_before_it():
+    """serve imports neither train nor study; train never imports study (so the runtime of a part never imports its
+    fitting or reporting command: the tiers' fit is ml.train.triage, its command and card section ml.study.triage)."""
     internal, _ = import_graph()
     found = []
-    for name in sorted(SERVING):
+    for name in sorted(n for n in internal if part_of(n)):
         for reached, chain in reachable(internal, name).items():
-            if reached in TRAINING | STUDY:
+            if part_of(reached) and ORDER[part_of(reached)] > ORDER[part_of(name)]:
+                found.append(f"{part_of(name)} -> {part_of(reached)}: " + " -> ".join(chain))
+    assert not found, "\n".join(found)
+
+
+def test_the_web_process_imports_only_the_serving_part_of_ml():
+    internal, _ = import_graph()
+    found = []
+    for name in sorted(n for n in internal if n.split(".")[0] in ("analysis", "skinsite")):
+        for reached, chain in reachable(internal, name).items():
+            if part_of(reached) not in (None, "serve"):
                 found.append(" -> ".join(chain))
-    assert not found, "the serving part imports training or study code:\n" + "\n".join(found)
+    assert not found, "\n".join(found)

@@ -1,9 +1,9 @@
-"""ml.augment: training-time augmentation of the cached copies, and the cache they are kept in."""
+"""ml.train.augment: training-time augmentation of the cached copies, and the cache they are kept in."""
 
 import numpy as np
 
-from ml.augment import AUGMENTATIONS, acquisition_augment, random_augment
-from ml.features import cache_key
+from ml.train.augment import AUGMENTATIONS, acquisition_augment, random_augment
+from ml.train.features import cache_key
 
 from .test_ml_robustness import lesion_picture
 
@@ -41,8 +41,8 @@ def test_the_cache_names_every_setting_its_activations_depend_on():
 
 
 def test_cached_copies_are_made_with_the_recipes_augmentation(tmp_path):
-    from ml import data
-    from ml.features import cached
+    from ml.train import data
+    from ml.train.features import cached
 
     from .test_ml_pipeline import synthetic_ham
 

@@ -1,6 +1,6 @@
-"""ml.bench names the machine its figures were measured on."""
+"""ml.train.timing (and so ml.study.bench) names the machine its figures were measured on."""
 
-from ml.bench import INSTRUCTION_SETS, machine
+from ml.train.timing import INSTRUCTION_SETS, machine
 
 
 def test_the_machine_is_read_from_cpuinfo(tmp_path):

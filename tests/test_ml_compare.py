@@ -1,10 +1,10 @@
-"""ml.compare: the operating-point rule judged on held-out halves of val, split by lesion."""
+"""ml.study.compare: the operating-point rule judged on held-out halves of val, split by lesion."""
 
 import numpy as np
 import pytest
 
-from ml.labels import CLASSES
-from ml.metrics import MEL, choose_operating_point, class_prior, operating_bias, point_figures
+from ml.serve.labels import CLASSES
+from ml.train.metrics import MEL, choose_operating_point, class_prior, operating_bias, point_figures
 
 pytest.importorskip("sklearn")
 
@@ -18,7 +18,7 @@ def labelled(n_lesions: int = 150, seed: int = 0):
 
 
 def test_a_lesions_images_stay_on_one_side_and_the_lesions_are_halved():
-    from ml.compare import lesion_halves
+    from ml.study.compare import lesion_halves
 
     _, groups = labelled()
     for seed in range(5):
@@ -32,7 +32,7 @@ def test_a_lesions_images_stay_on_one_side_and_the_lesions_are_halved():
 
 
 def test_a_model_that_separates_the_classes_beats_noise_on_held_out_halves():
-    from ml.compare import cross_validated_point
+    from ml.study.compare import cross_validated_point
 
     y, groups = labelled()
     rng = np.random.default_rng(1)
@@ -48,7 +48,7 @@ def test_a_model_that_separates_the_classes_beats_noise_on_held_out_halves():
 
 
 def test_every_judged_half_is_kept_and_models_are_paired_half_by_half():
-    from ml.compare import cross_validated_point, paired
+    from ml.study.compare import cross_validated_point, paired
 
     y, groups = labelled()
     prior = class_prior(y)
@@ -80,7 +80,7 @@ def test_every_judged_half_is_kept_and_models_are_paired_half_by_half():
 
 def test_on_noise_the_point_chosen_in_sample_flatters_and_held_out_halves_do_not():
     """The recorded figures are the best point on the very images that judge it; on pure noise that is luck."""
-    from ml.compare import cross_validated_point
+    from ml.study.compare import cross_validated_point
 
     gaps = []
     for seed in range(4):
@@ -128,7 +128,7 @@ def comparison_row(version: str, networks: int, auc: float, held_sum: float, rec
 
 
 def test_the_card_gives_the_shipped_models_held_out_figures_and_what_was_not_shipped():
-    from ml.evaluate import comparison_lines
+    from ml.study.card import comparison_lines
 
     comparison = {
         "shipped": comparison_row("v-shipped", 3, 0.950, 1.493, (0.791, 0.731)),

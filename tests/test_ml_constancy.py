@@ -1,4 +1,4 @@
-"""The colour-constancy layer (ml.model.ShadesOfGray): it undoes a colour cast, and a model holding it saves,
+"""The colour-constancy layer (ml.train.model.ShadesOfGray): it undoes a colour cast, and a model holding it saves,
 loads, caches and exports (float and int8 TFLite) like any other, the int8 file keeping the layer in float."""
 
 import numpy as np
@@ -33,13 +33,13 @@ def cast(unit: np.ndarray) -> np.ndarray:
 
 
 def as_input(unit: np.ndarray) -> np.ndarray:
-    return (unit * 2.0 - 1.0).astype(np.float32)  # MobileNetV2's [-1, 1], as ml.preprocess makes it
+    return (unit * 2.0 - 1.0).astype(np.float32)  # MobileNetV2's [-1, 1], as ml.serve.preprocess makes it
 
 
 def layer(power: float = 6.0):
     import keras
 
-    from ml.model import ShadesOfGray
+    from ml.train.model import ShadesOfGray
 
     inputs = keras.Input((*SIZE, 3))
     return keras.Model(inputs, ShadesOfGray(power)(inputs))
@@ -76,7 +76,7 @@ def test_a_grey_image_is_left_as_it_is_and_a_black_channel_breaks_nothing():
 
 
 def test_colour_constancy_gets_its_own_activation_cache():
-    from ml.features import cache_key
+    from ml.train.features import cache_key
 
     plain = cache_key("block_5_add", (224, 288), 2)
     assert plain == "block_5_add_224x288_seed2"  # the caches made before the layer existed keep their names
@@ -90,7 +90,7 @@ def classifier():
     the image."""
     import keras
 
-    from ml.model import COLOUR_CONSTANCY_LAYER
+    from ml.train.model import COLOUR_CONSTANCY_LAYER
     from tests.tiny_nets import toy_classifier
 
     model = toy_classifier(SIZE, units=8, seed=0, colour_constancy=6.0)
@@ -105,8 +105,8 @@ def classifier():
 def test_a_model_with_the_layer_loads_back_and_exports_to_tflite_alike(classifier, tmp_path):
     import keras
 
-    from ml.export import to_tflite
-    from ml.inference import LiteModel
+    from ml.serve.inference import LiteModel
+    from ml.train.export import to_tflite
 
     x = as_input(unit_images())
     expected = classifier.predict(x, verbose=0)
@@ -120,8 +120,8 @@ def test_a_model_with_the_layer_loads_back_and_exports_to_tflite_alike(classifie
 def test_the_int8_file_keeps_the_layer_in_float_and_is_blind_to_a_colour_cast(classifier, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from ml.export import converter_of, float_layer_nodes, to_int8_tflite
-    from ml.inference import LiteModel
+    from ml.serve.inference import LiteModel
+    from ml.train.export import converter_of, float_layer_nodes, to_int8_tflite
 
     unit = unit_images(8)
     with converter_of(classifier) as converter:
@@ -143,9 +143,9 @@ def test_the_int8_file_keeps_the_layer_in_float_and_is_blind_to_a_colour_cast(cl
 
 
 def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_without(classifier):
-    from ml.ensemble import combine
-    from ml.metrics import softmax
-    from ml.model import COLOUR_CONSTANCY_LAYER
+    from ml.train.ensemble import combine
+    from ml.train.metrics import softmax
+    from ml.train.model import COLOUR_CONSTANCY_LAYER
     from tests.tiny_nets import CUT as cut
     from tests.tiny_nets import toy_classifier
 
@@ -165,8 +165,8 @@ def test_networks_with_the_layer_share_it_in_an_ensemble_and_never_join_ones_wit
 
 
 def test_the_card_says_how_to_train_such_members_again():
-    from ml.evaluate import SETTINGS_OFF, constancy, reproduce
-    from ml.train import Recipe
+    from ml.study.card import SETTINGS_OFF, constancy, reproduce
+    from ml.train.fit import Recipe
 
     # The card's copy of the options' defaults (ml.evaluate does not load Keras) is the recipe's own.
     assert SETTINGS_OFF == {key: getattr(Recipe(name="defaults"), key) for key in SETTINGS_OFF}

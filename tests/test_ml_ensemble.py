@@ -1,4 +1,4 @@
-"""ml.ensemble on tiny untrained networks (tests/tiny_nets.py's toy network, whose layers the ensemble code reads
+"""ml.train.ensemble on tiny untrained networks (tests/tiny_nets.py's toy network, whose layers the ensemble code reads
 by the names MobileNetV2's have): the combined model averages its members' logits, shares their frozen lower
 blocks, exports to TFLite, and Grad-CAM and the gate's features work on it."""
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from ml.labels import CLASSES
+from ml.serve.labels import CLASSES
 from tests.tiny_nets import CUT, toy_classifier
 
 pytest.importorskip("tensorflow")
@@ -46,14 +46,14 @@ def inputs(n: int = 3) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trio():
     """Three members and the model combining them, built once for the module."""
-    from ml.ensemble import combine
+    from ml.train.ensemble import combine
 
     members = tiny_members(3)
     return members, combine(members, CUT)
 
 
 def test_the_combined_model_gives_the_softmax_of_the_members_mean_logits(trio):
-    from ml.metrics import softmax
+    from ml.train.metrics import softmax
 
     members, model = trio
     x = inputs()
@@ -78,9 +78,9 @@ def test_the_members_share_one_copy_of_the_lower_blocks(trio):
 
 
 def test_an_ensemble_combined_with_another_network_counts_each_of_its_networks_once(trio):
-    from ml.ensemble import combine
-    from ml.metrics import softmax
-    from ml.model import member_layers
+    from ml.train.ensemble import combine
+    from ml.train.metrics import softmax
+    from ml.train.model import member_layers
 
     members, model = trio
     pair = combine(members[:2], CUT)
@@ -95,7 +95,7 @@ def test_an_ensemble_combined_with_another_network_counts_each_of_its_networks_o
 
 
 def test_members_that_differ_below_the_cut_are_refused(trio):
-    from ml.ensemble import combine
+    from ml.train.ensemble import combine
 
     stranger = toy_classifier(SIZE, units=8, seed=7)
     with pytest.raises(ValueError, match="differ below the cut"):
@@ -105,7 +105,7 @@ def test_members_that_differ_below_the_cut_are_refused(trio):
 def test_the_combined_model_exports_to_tflite_with_the_same_probabilities(trio, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from ml.export import to_tflite
+    from ml.train.export import to_tflite
 
     model = trio[1]
     to_tflite(model, tmp_path / "ensemble.tflite")
@@ -121,8 +121,8 @@ def test_the_combined_model_exports_to_tflite_with_the_same_probabilities(trio, 
 def test_grad_cam_on_an_ensemble_adds_the_members_maps_and_averages_their_features(trio):
     import keras
 
-    from ml.keras_gradcam import GradCam
-    from ml.model import member_layers
+    from ml.study.keras_gradcam import GradCam
+    from ml.train.model import member_layers
 
     members, model = trio
     names = [layer.name for layer in member_layers(model, "out_relu")]
@@ -161,10 +161,10 @@ def test_grad_cam_on_an_ensemble_adds_the_members_maps_and_averages_their_featur
 
 
 def saved_members(folder, n: int = 2):
-    """``n`` tiny members saved as ``ml.train`` saves a model, each with its own operating point and temperature
+    """``n`` tiny members saved as ``ml.train.fit`` saves a model, each with its own operating point and temperature
     folded in; returns their files and their raw probabilities on ``inputs()``."""
-    from ml.model import fold_output_adjustment
-    from ml.train import RECIPES
+    from ml.train.fit import RECIPES
+    from ml.train.model import fold_output_adjustment
 
     recipe = replace(RECIPES["improved"], input_size=SIZE, alpha=0.35, units=8, cut=CUT)
     files = []
@@ -195,8 +195,8 @@ def saved_members(folder, n: int = 2):
 
 
 def test_build_undoes_each_members_operating_point_then_chooses_one_for_the_ensemble(tmp_path):
-    from ml.calibrate import load_raw
-    from ml.ensemble import build
+    from ml.train.calibrate import load_raw
+    from ml.train.ensemble import build
     from tests.test_ml_pipeline import synthetic_ham
 
     data_dir = synthetic_ham(tmp_path / "ham")
@@ -228,13 +228,13 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
     import keras
     from ai_edge_litert.interpreter import Interpreter
 
-    from ml import data
-    from ml.calibrate import int8_calibration, load_raw, recalibrate
-    from ml.ensemble import build
-    from ml.export import to_int8_tflite
-    from ml.inference import Classifier, LiteModel
-    from ml.metrics import softmax, summary
-    from ml.preprocess import preprocess
+    from ml.serve.inference import Classifier, LiteModel
+    from ml.serve.preprocess import preprocess
+    from ml.train import data
+    from ml.train.calibrate import int8_calibration, load_raw, recalibrate
+    from ml.train.ensemble import build
+    from ml.train.export import to_int8_tflite
+    from ml.train.metrics import softmax, summary
     from tests.test_ml_pipeline import synthetic_ham
 
     data_dir = synthetic_ham(tmp_path / "ham")
@@ -288,8 +288,8 @@ def test_an_int8_build_chooses_its_operating_point_on_the_int8_files_own_val_out
 def test_a_half_precision_build_rounds_every_member_so_a_float32_one_joins_a_rounded_ensemble(trio):
     import keras
 
-    from ml.ensemble import combine, combine_rounded
-    from ml.export import round_to_half
+    from ml.train.ensemble import combine, combine_rounded
+    from ml.train.export import round_to_half
 
     members, _ = trio
     copies = [keras.models.clone_model(m) for m in members[:2]]
@@ -322,7 +322,7 @@ def test_a_half_precision_build_rounds_every_member_so_a_float32_one_joins_a_rou
 def test_weights_beyond_float16_range_are_refused_not_turned_into_infinity(trio):
     import keras
 
-    from ml.export import round_to_half
+    from ml.train.export import round_to_half
 
     members, _ = trio
     copy = keras.models.clone_model(members[0])
@@ -337,13 +337,13 @@ def test_weights_beyond_float16_range_are_refused_not_turned_into_infinity(trio)
 
 
 def test_the_numpy_grad_cam_is_the_keras_grad_cam_of_an_ensemble(trio, tmp_path):
-    """ml.gradcam's closed form, from the members' activations and the stored head, against TensorFlow's gradients."""
+    """ml.serve.gradcam's closed form, from the members' activations and the stored head, against TensorFlow's gradients."""
     import keras
 
-    from ml.export import head_weights
-    from ml.gradcam import Head
-    from ml.keras_gradcam import GradCam
-    from ml.model import member_layers
+    from ml.serve.gradcam import Head
+    from ml.study.keras_gradcam import GradCam
+    from ml.train.export import head_weights
+    from ml.train.model import member_layers
 
     _, model = trio
     np.savez(tmp_path / "head.npz", **head_weights(model))
@@ -361,9 +361,9 @@ def test_the_numpy_grad_cam_is_the_keras_grad_cam_of_an_ensemble(trio, tmp_path)
 
 
 def test_the_companion_file_gives_the_served_files_probabilities_and_the_activations(trio, tmp_path):
-    from ml.export import to_tflite, write_explainer
-    from ml.gradcam import Head
-    from ml.inference import LiteModel
+    from ml.serve.gradcam import Head
+    from ml.serve.inference import LiteModel
+    from ml.train.export import to_tflite, write_explainer
 
     _, model = trio
     served = to_tflite(model, tmp_path / "m.tflite", half=False)

@@ -1,5 +1,5 @@
-"""Grad-CAM (ml.explainer): the heatmap has the image's size, shows something, follows the lesion, and is the Keras
-Grad-CAM's (ml.keras_gradcam) computed in numpy from the served file's own activations."""
+"""Grad-CAM (ml.serve.explainer): the heatmap has the image's size, shows something, follows the lesion, and is the Keras
+Grad-CAM's (ml.study.keras_gradcam) computed in numpy from the served file's own activations."""
 
 import io
 import subprocess
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml import data, paths
-from ml.explainer import Explanation, get_explainer, overlay_heatmap, upsample
-from ml.labels import CLASSES
-from ml.preprocess import load_image, to_array
+from ml.serve import paths
+from ml.serve.explainer import Explanation, get_explainer, overlay_heatmap, upsample
+from ml.serve.labels import CLASSES
+from ml.serve.preprocess import load_image, to_array
+from ml.train import data
 
 needs_data = pytest.mark.skipif(
     not (paths.DATA_DIR / "split.csv").exists(), reason=f"HAM10000 is not at {paths.DATA_DIR} (../shared absent)"
@@ -118,8 +119,8 @@ def test_one_explainer_per_process(explainer):
 
 def test_grad_cam_runs_on_a_tiny_untrained_model():
     pytest.importorskip("keras", reason="Keras (tensorflow-cpu) is not installed")
-    from ml.keras_gradcam import GradCam
-    from ml.model import build_classifier
+    from ml.study.keras_gradcam import GradCam
+    from ml.train.model import build_classifier
 
     model = build_classifier(None, input_size=(64, 96), units=8, alpha=0.35)
     cam = GradCam(model, (64, 96))
@@ -145,15 +146,15 @@ def test_the_overlay_is_rgb_of_the_same_size():
 
 
 def test_importing_explain_does_not_import_tensorflow():
-    code = "import sys, ml.explainer; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, ml.serve.explainer; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=paths.REPO).returncode == 0
 
 
 def test_gate_statistics_of_another_model_are_refused(tmp_path):
     from dataclasses import replace
 
-    from ml.explainer import Explainer
-    from ml.quality_gate import GATE_FILE_NAME, QualityGate
+    from ml.serve.explainer import Explainer
+    from ml.serve.quality_gate import GATE_FILE_NAME, QualityGate
 
     stale = tmp_path / GATE_FILE_NAME
     replace(QualityGate.load(paths.MODELS_DIR / GATE_FILE_NAME), model_version="an-older-model").save(stale)
@@ -165,14 +166,14 @@ def test_the_colormap_is_matplotlibs_inferno():
     pytest.importorskip("matplotlib", reason="matplotlib (a training dependency) is not installed")
     from matplotlib import colormaps
 
-    from ml.explainer import COLORMAP, _colormap_lut
+    from ml.serve.explainer import COLORMAP, _colormap_lut
 
     expected = (colormaps[COLORMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(_colormap_lut(), expected)
 
 
 def test_the_explainer_predicts_what_the_served_file_predicts_and_explains_that_class(explainer):
-    from ml.inference import get_classifier
+    from ml.serve.inference import get_classifier
 
     image = blob_image(90, 70)
     explanation = explainer.explain(image)
@@ -184,9 +185,9 @@ def test_the_explainer_predicts_what_the_served_file_predicts_and_explains_that_
 def test_a_companion_file_that_is_not_the_one_the_json_names_is_refused(tmp_path):
     import shutil
 
-    from ml.explainer import Explainer
-    from ml.inference import model_metadata
-    from ml.quality_gate import GATE_FILE_NAME
+    from ml.serve.explainer import Explainer
+    from ml.serve.inference import model_metadata
+    from ml.serve.quality_gate import GATE_FILE_NAME
 
     meta = model_metadata(paths.SHIPPED_MODEL)
     for name in ("skinsite.tflite", "skinsite.json", GATE_FILE_NAME, meta["explainer"]["file"]):
@@ -196,7 +197,7 @@ def test_a_companion_file_that_is_not_the_one_the_json_names_is_refused(tmp_path
         Explainer(tmp_path / "skinsite.tflite")
 
 
-# Agreement with the Keras Grad-CAM, measured on the shipped model (ml.explainer's docstring and the note on
+# Agreement with the Keras Grad-CAM, measured on the shipped model (ml.serve.explainer's docstring and the note on
 # the worker issue give the figures): the served file's activations are 8-bit (steps of 6/255), so the maps are
 # close but not equal. Per image: Pearson correlation of the upsampled maps >= 0.95 and mean absolute
 # difference <= 0.08 (of the map's 0-1 range); over the images: median correlation >= 0.99, and the hottest
@@ -207,7 +208,7 @@ MIN_CORRELATION, MAX_MEAN_DIFFERENCE, MIN_MEDIAN_CORRELATION, MIN_SAME_PEAK = 0.
 @needs_data
 def test_heatmaps_of_50_test_images_agree_with_the_keras_grad_cam(explainer):
     pytest.importorskip("keras", reason="Keras (tensorflow-cpu) is not installed")
-    from ml.keras_gradcam import load_grad_cam
+    from ml.study.keras_gradcam import load_grad_cam
 
     grad_cam, version = load_grad_cam(paths.SHIPPED_MODEL)
     assert version == explainer.version

@@ -1,10 +1,10 @@
-"""The served operating point's rule (ml.metrics.choose_operating_point) on generated logits, and the figures by
-group of images (ml.metrics.by_group) on hand-made ones."""
+"""The served operating point's rule (ml.train.metrics.choose_operating_point) on generated logits, and the figures by
+group of images (ml.train.metrics.by_group) on hand-made ones."""
 
 import numpy as np
 
-from ml.labels import CLASSES
-from ml.metrics import MEL, choose_operating_point, operating_bias
+from ml.serve.labels import CLASSES
+from ml.train.metrics import MEL, choose_operating_point, operating_bias
 
 PRIOR = np.array([0.033, 0.051, 0.11, 0.011, 0.111, 0.67, 0.014])
 
@@ -43,7 +43,7 @@ def test_without_any_point_keeping_melanoma_recall_the_best_sum_overall_is_taken
 
 
 def test_each_group_counts_its_own_decisions_melanomas_and_malignant_lesions():
-    from ml.metrics import by_group, proportion
+    from ml.train.metrics import by_group, proportion
 
     def onehot(classes):
         return np.eye(len(CLASSES))[[CLASSES.index(c) for c in classes]]
@@ -73,7 +73,7 @@ def test_each_group_counts_its_own_decisions_melanomas_and_malignant_lesions():
 def test_a_group_with_enough_melanomas_and_other_lesions_gets_their_auc():
     from sklearn.metrics import roc_auc_score
 
-    from ml.metrics import MIN_AUC_CASES, by_group
+    from ml.train.metrics import MIN_AUC_CASES, by_group
 
     rng = np.random.default_rng(0)
     y = np.array([MEL] * MIN_AUC_CASES + [CLASSES.index("nv")] * MIN_AUC_CASES)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.labels import CLASSES
+from ml.serve.labels import CLASSES
 
 pytest.importorskip("tensorflow")
 
@@ -59,7 +59,7 @@ def synthetic_ham(root: Path, per_part=(8, 3, 3)) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """Train the improved recipe end to end on the synthetic folder with a tiny network, once per module."""
-    from ml.train import RECIPES, train
+    from ml.train.fit import RECIPES, train
 
     root = tmp_path_factory.mktemp("ml")
     data_dir = synthetic_ham(root / "ham")
@@ -99,7 +99,7 @@ def test_weight_averaging_keeps_the_best_average_never_an_earlier_single_epoch(t
 
 
 def test_running_mean_of_weights_is_the_mean_of_every_epoch():
-    from ml.train import running_mean
+    from ml.train.fit import running_mean
 
     epochs = [[np.full((2, 3), float(k)), np.arange(4.0) * k] for k in (1, 2, 6)]
     average = None
@@ -117,7 +117,7 @@ def test_training_writes_model_files_and_metadata(tiny_run):
     assert meta["input_size"] == [64, 64]
     assert meta["version"].startswith("mnv2-ham10000-improved-")
     assert meta["temperature"] > 0
-    # with the worker's companion file and the head's weights (ml.export.write_explainer)
+    # with the worker's companion file and the head's weights (ml.train.export.write_explainer)
     assert set(meta["files"]) == {"skinsite.keras", "skinsite.tflite", "skinsite.explain.tflite", "skinsite.head.npz"}
     assert meta["explainer"]["file"] == "skinsite.explain.tflite"
 
@@ -125,9 +125,9 @@ def test_training_writes_model_files_and_metadata(tiny_run):
 def test_tflite_export_gives_the_same_probabilities_as_keras(tiny_run, tmp_path):
     import keras
 
-    from ml.export import to_tflite
-    from ml.inference import Classifier
-    from ml.preprocess import preprocess
+    from ml.serve.inference import Classifier
+    from ml.serve.preprocess import preprocess
+    from ml.train.export import to_tflite
 
     model_dir = tiny_run["model_dir"]
     net = keras.models.load_model(model_dir / "skinsite.keras")
@@ -163,7 +163,7 @@ def test_saved_weights_are_float16_values_in_a_compressed_keras_file(tiny_run):
 def test_an_int8_copy_is_measured_against_the_served_file_on_val(tiny_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from ml.quantize import compare
+    from ml.train.quantize import compare
 
     result = compare(tiny_run["model_dir"] / "skinsite.keras", tiny_run["data_dir"], tmp_path, 8, repeats=3)
     int8_file = tmp_path / "skinsite.tflite"
@@ -183,8 +183,8 @@ def test_an_int8_copy_is_measured_against_the_served_file_on_val(tiny_run, tmp_p
         assert 0 <= figures["own_point"]["balanced_accuracy"] <= 1
         assert 0 <= figures["raw_melanoma_auc"] <= 1
     # The softmax stays float: probabilities are not steps of 1/256, and they still sum to 1.
-    from ml.inference import Classifier
-    from ml.preprocess import preprocess
+    from ml.serve.inference import Classifier
+    from ml.serve.preprocess import preprocess
 
     images = sorted((tiny_run["data_dir"] / "images").glob("*.jpg"))[:6]
     probs = Classifier(int8_file).predict_arrays(np.stack([preprocess(p, (64, 64)) for p in images]))
@@ -194,8 +194,8 @@ def test_an_int8_copy_is_measured_against_the_served_file_on_val(tiny_run, tmp_p
 
 
 def test_raw_logits_undo_the_folded_operating_point_and_temperature():
-    from ml.metrics import softmax
-    from ml.quantize import raw_logits
+    from ml.train.metrics import softmax
+    from ml.train.quantize import raw_logits
 
     z = np.random.default_rng(0).normal(size=(5, len(CLASSES)))
     bias = np.linspace(-1, 1, len(CLASSES))
@@ -207,7 +207,7 @@ def test_raw_logits_undo_the_folded_operating_point_and_temperature():
 def test_a_recipe_field_can_be_set_from_the_command_line():
     import argparse
 
-    from ml.train import recipe_setting
+    from ml.train.fit import recipe_setting
 
     assert recipe_setting("learning_rate=3e-4") == ("learning_rate", 3e-4)
     assert recipe_setting("cut=block_2_add") == ("cut", "block_2_add")
@@ -263,7 +263,7 @@ def test_predict_cli_skips_an_unreadable_file_and_says_so(tiny_run, tmp_path, ca
 
 
 def test_classifier_prediction_names_the_argmax_and_malignancy(tiny_run):
-    from ml.inference import Classifier
+    from ml.serve.inference import Classifier
 
     classifier = Classifier(tiny_run["model_dir"] / "skinsite.tflite")
     image = sorted((tiny_run["data_dir"] / "images").glob("*.jpg"))[0]
@@ -288,9 +288,9 @@ def served_with_views(tiny_run, tmp_path, views) -> Path:
 
 
 def test_a_classifier_with_test_time_views_averages_the_views_log_probabilities(tiny_run, tmp_path):
-    from ml.inference import Classifier
-    from ml.metrics import softmax
-    from ml.preprocess import preprocess
+    from ml.serve.inference import Classifier
+    from ml.serve.preprocess import preprocess
+    from ml.train.metrics import softmax
 
     plain = Classifier(tiny_run["model_dir"] / "skinsite.tflite")
     both = Classifier(served_with_views(tiny_run, tmp_path, ["original", "mirrored"]))
@@ -304,8 +304,8 @@ def test_a_classifier_with_test_time_views_averages_the_views_log_probabilities(
 
 
 def test_views_are_the_mirror_images_and_their_log_probabilities_are_averaged():
-    from ml.inference import predict_views
-    from ml.metrics import softmax
+    from ml.serve.inference import predict_views
+    from ml.train.metrics import softmax
 
     def predict(batch):
         """A model that sees orientation: its logits are the mean of the top-left quarter's three channels."""
@@ -328,14 +328,14 @@ def test_views_are_the_mirror_images_and_their_log_probabilities_are_averaged():
 
 
 def test_a_model_asking_for_an_unknown_view_is_refused(tiny_run, tmp_path):
-    from ml.inference import Classifier
+    from ml.serve.inference import Classifier
 
     with pytest.raises(ValueError, match="unknown test-time views"):
         Classifier(served_with_views(tiny_run, tmp_path, ["original", "sideways"]))
 
 
 def test_quantize_refuses_a_model_served_in_int8_already(tiny_run, tmp_path):
-    from ml.quantize import compare
+    from ml.train.quantize import compare
 
     folder = tmp_path / "served"
     folder.mkdir()
@@ -348,7 +348,7 @@ def test_quantize_refuses_a_model_served_in_int8_already(tiny_run, tmp_path):
 
 
 def test_compare_cli_judges_a_served_model_on_held_out_halves_of_val(tiny_run, tmp_path, capsys):
-    from ml.compare import main
+    from ml.study.compare import main
 
     model = tiny_run["model_dir"] / "skinsite.tflite"
     meta = json.loads(model.with_suffix(".json").read_text())
@@ -393,7 +393,7 @@ def test_compare_cli_judges_a_served_model_on_held_out_halves_of_val(tiny_run, t
 
 
 def test_bench_cli_prints_and_stores_the_figures_with_the_machine(tiny_run, tmp_path, capsys):
-    from ml.bench import main
+    from ml.study.bench import main
 
     out = tmp_path / "bench.json"
     main(["--model", str(tiny_run["model_dir"] / "skinsite.tflite"), "--repeats", "10", "--json", str(out)])
@@ -407,7 +407,7 @@ def test_bench_cli_prints_and_stores_the_figures_with_the_machine(tiny_run, tmp_
 
 
 def test_mixed_batches_mix_activations_targets_and_weights_alike():
-    from ml.train import mixed_batch
+    from ml.train.fit import mixed_batch
 
     rng = np.random.default_rng(0)
     n = 24
@@ -441,10 +441,10 @@ def test_mixed_batches_mix_activations_targets_and_weights_alike():
 
 
 def test_robustness_measures_the_served_file_on_every_changed_copy_of_test(tiny_run, capsys):
-    from ml import data
-    from ml.inference import Classifier
-    from ml.metrics import summary
-    from ml.robustness import CHANGES, main, measure
+    from ml.serve.inference import Classifier
+    from ml.study.robustness import CHANGES, main, measure
+    from ml.train import data
+    from ml.train.metrics import summary
 
     model = tiny_run["model_dir"] / "skinsite.tflite"
     result = measure(model, tiny_run["data_dir"], chunk=5)  # chunks that split the part
@@ -467,6 +467,6 @@ def test_robustness_measures_the_served_file_on_every_changed_copy_of_test(tiny_
 
 
 def classifier_input(classifier, path):
-    from ml.preprocess import preprocess
+    from ml.serve.preprocess import preprocess
 
     return preprocess(path, classifier.input_size)[None]

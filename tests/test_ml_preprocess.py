@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml import features
-from ml.preprocess import INPUT_SIZE, load_image, preprocess
+from ml.serve.preprocess import INPUT_SIZE, load_image, preprocess
+from ml.train import features
 
 EXIF_ORIENTATION = 0x0112
 

@@ -1,4 +1,4 @@
-"""The quality gate (ml.quality_gate): real lesion images pass; blanks, documents, a cat and blurred images do not."""
+"""The quality gate (ml.serve.quality_gate): real lesion images pass; blanks, documents, a cat and blurred images do not."""
 
 import json
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ml import data, paths
-from ml.preprocess import load_image
-from ml.quality_gate import GATE_FILE_NAME, MESSAGES, QualityGate, image_stats, stored_version
+from ml.serve import paths
+from ml.serve.preprocess import load_image
+from ml.serve.quality_gate import GATE_FILE_NAME, MESSAGES, QualityGate, image_stats, stored_version
+from ml.train import data
 
 needs_data = pytest.mark.skipif(
     not (paths.DATA_DIR / "split.csv").exists(), reason=f"HAM10000 is not at {paths.DATA_DIR} (../shared absent)"

@@ -1,4 +1,4 @@
-"""ml.robustness: the acquisition changes, and their figures in metrics.json and the model card."""
+"""ml.study.robustness: the acquisition changes, and their figures in metrics.json and the model card."""
 
 import json
 
@@ -17,7 +17,7 @@ def lesion_picture() -> Image.Image:
 
 
 def test_every_change_but_the_first_changes_the_picture_and_keeps_it_an_rgb_image():
-    from ml.robustness import CHANGES
+    from ml.study.robustness import CHANGES
 
     image = lesion_picture()
     before = np.asarray(image).copy()
@@ -35,7 +35,7 @@ def test_every_change_but_the_first_changes_the_picture_and_keeps_it_an_rgb_imag
 
 
 def test_light_of_another_colour_scales_the_channels_and_stays_in_range():
-    from ml.augment import channel_gains
+    from ml.train.augment import channel_gains
 
     pixels = np.array([[[100, 100, 100], [250, 10, 250]]], np.uint8)
     warmer = np.asarray(channel_gains(Image.fromarray(pixels), (1.1, 1.0, 0.9)))
@@ -53,7 +53,7 @@ def robustness_section():
 
 
 def test_the_card_shows_each_change_with_its_figures():
-    from ml.evaluate import safety_sections
+    from ml.study.card import safety_sections
 
     lines = safety_sections({"robustness": robustness_section()})
     text = "\n".join(lines)
@@ -69,7 +69,7 @@ def test_the_card_shows_each_change_with_its_figures():
 
 def test_recording_a_section_keeps_the_cards_val_comparison(tmp_path, monkeypatch):
     """A section recorded on its own renders the card again with everything ml.evaluate gave it."""
-    from ml import evaluate
+    from ml.study import card
 
     (tmp_path / "skinsite.tflite").write_bytes(b"")
     (tmp_path / "skinsite.json").write_text(json.dumps({"version": "v1"}))
@@ -77,14 +77,14 @@ def test_recording_a_section_keeps_the_cards_val_comparison(tmp_path, monkeypatc
     comparison = {"shipped": {"version": "v1"}}
     (tmp_path / "val_comparison.json").write_text(json.dumps(comparison))
     rendered = []
-    monkeypatch.setattr(evaluate, "model_card", lambda meta, metrics, comp=None: rendered.append(comp) or "card")
+    monkeypatch.setattr(card, "model_card", lambda meta, metrics, comp=None: rendered.append(comp) or "card")
 
-    evaluate.update_metrics(tmp_path, "robustness", robustness_section())
+    card.update_metrics(tmp_path, "robustness", robustness_section())
     assert rendered == [comparison]
     assert json.loads((tmp_path / "metrics.json").read_text())["robustness"] == robustness_section()
     assert (tmp_path / "MODEL_CARD.md").read_text() == "card"
     with pytest.raises(ValueError, match="not for v1"):
-        evaluate.update_metrics(tmp_path, "robustness", dict(robustness_section(), model_version="v2"))
+        card.update_metrics(tmp_path, "robustness", dict(robustness_section(), model_version="v2"))
 
 
 class DarkIsMelanoma:
@@ -97,14 +97,14 @@ class DarkIsMelanoma:
         self.model_path = model_path
 
     def predict_arrays(self, batch):
-        from ml.labels import CLASSES
+        from ml.serve.labels import CLASSES
 
         dark = batch.reshape(len(batch), -1).mean(axis=1) < -0.5
         return np.eye(len(CLASSES), dtype=np.float32)[np.where(dark, CLASSES.index("mel"), CLASSES.index("nv"))]
 
 
 def test_each_change_is_applied_to_every_test_image_and_judged_against_the_unchanged_answers(tmp_path, monkeypatch):
-    from ml import robustness
+    from ml.study import robustness
 
     from .test_ml_pipeline import synthetic_ham
 

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from ml import data, paths
-from ml.inference import Classifier, model_metadata
-from ml.labels import CLASSES
+from ml.serve import paths
+from ml.serve.inference import Classifier, model_metadata
+from ml.serve.labels import CLASSES
+from ml.train import data
 
 needs_data = pytest.mark.skipif(
     not (paths.DATA_DIR / "split.csv").exists(), reason=f"HAM10000 is not at {paths.DATA_DIR} (../shared absent)"
@@ -63,7 +64,7 @@ def test_the_shipped_model_gets_most_of_a_fixed_handful_right(classifier):
 @needs_data
 def test_the_served_probabilities_match_the_keras_model(classifier):
     keras = pytest.importorskip("keras")
-    from ml.preprocess import preprocess
+    from ml.serve.preprocess import preprocess
 
     meta = model_metadata(paths.SHIPPED_MODEL)
     net = keras.models.load_model(paths.SHIPPED_MODEL.with_suffix(".keras"))
@@ -78,15 +79,15 @@ def test_the_served_probabilities_match_the_keras_model(classifier):
         assert np.abs(served - in_float).mean() < 0.04
     else:
         # Both files hold the same float16 weights, but the TFLite converter folds batch norm into the
-        # convolutions before rounding them (ml/export.py): measured on 128 val images, at most 4.5e-4 apart.
+        # convolutions before rounding them (ml/train/export.py): measured on 128 val images, at most 4.5e-4 apart.
         np.testing.assert_allclose(served, in_float, atol=1e-3)
     assert len(set(rows["dx"])) == len(CLASSES)
 
 
 @needs_data
 def test_the_val_figures_in_the_models_json_are_the_served_files_own(classifier):
-    from ml.metrics import summary
-    from ml.preprocess import preprocess
+    from ml.serve.preprocess import preprocess
+    from ml.train.metrics import summary
 
     meta = model_metadata(paths.SHIPPED_MODEL)
     val = data.part(data.load_dataset(paths.DATA_DIR), "val")
@@ -94,7 +95,7 @@ def test_the_val_figures_in_the_models_json_are_the_served_files_own(classifier)
     probs = np.concatenate([classifier.predict_arrays(arrays[s : s + 64]) for s in range(0, len(arrays), 64)])
     figures = summary(val["label"].to_numpy(), probs)
     assert figures["n"] == meta["images"]["val"]
-    # An int8 model's figures are measured from the file itself (ml.calibrate.save_served): allow one image that
+    # An int8 model's figures are measured from the file itself (ml.train.calibrate.save_served): allow one image that
     # another CPU or batch size tips the other way. A float one's come from its Keras twin, up to 4.5e-4 apart
     # in probability, where a few near ties may go the other way.
     images = 1 if meta.get("served_precision") == "int8" else 2

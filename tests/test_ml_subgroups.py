@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import data, evaluate, paths
-from ml.labels import CLASSES, age_band
+from ml.serve import paths
+from ml.serve.labels import CLASSES, age_band
+from ml.study import subgroups
+from ml.train import data
 
 from .cards import group
 from .test_ml_pipeline import synthetic_ham
@@ -45,8 +47,8 @@ def test_without_metadata_the_split_still_loads_and_the_card_has_no_section(desc
     assert not set(data.DESCRIPTIONS) & set(frame.columns)
     test = data.part(frame, "test")
     probs = np.eye(len(CLASSES))[test["label"]]
-    assert evaluate.subgroups(test, test["label"].to_numpy(), probs) == {}
-    assert evaluate.subgroup_lines({}) == [] and evaluate.weakest_groups_line({}) == []
+    assert subgroups.subgroups(test, test["label"].to_numpy(), probs) == {}
+    assert subgroups.subgroup_lines({}) == [] and subgroups.weakest_groups_line({}) == []
     (root / "split.csv").unlink()
     with pytest.raises(FileNotFoundError, match="neither split.csv nor HAM10000_metadata.csv"):
         data.load_dataset(root)
@@ -57,8 +59,8 @@ def test_the_groups_cover_every_test_image_in_the_cards_words(described):
     test = data.part(data.load_dataset(root), "test")
     y = test["label"].to_numpy()
     probs = np.eye(len(CLASSES))[y]
-    groups = evaluate.subgroups(test, y, probs)
-    assert list(groups) == [key for key, _, _ in evaluate.GROUPINGS]
+    groups = subgroups.subgroups(test, y, probs)
+    assert list(groups) == [key for key, _, _ in subgroups.GROUPINGS]
     for rows in groups.values():
         assert sum(r["images"] for r in rows) == len(test)
         assert all(r["accuracy"] == 1.0 for r in rows)  # the probabilities are the truth
@@ -88,21 +90,23 @@ def test_the_limits_name_the_lowest_melanoma_recall_among_groups_with_enough_mel
         "age": [group("30-49", 9, 0)],  # too few melanomas to name
         "body_site": [group("face", 10, 5), group("back", 30, 27)],
     }
-    (line,) = evaluate.weakest_groups_line(groups)
+    (line,) = subgroups.weakest_groups_line(groups)
     assert "male (sex), 0.400 (8/20, 0.22-0.61); face (body site), 0.500 (5/10, 0.24-0.76); histopathology (how" in line
     assert "back" not in line and "30-49" not in line and "unknown" not in line
-    section = "\n".join(evaluate.subgroup_lines(groups))
+    section = "\n".join(subgroups.subgroup_lines(groups))
     assert "| male | 100 | 0.800 | 0.400 (8/20, 0.22-0.61) | — | 0.400 (8/20, 0.22-0.61) |" in section
     assert "| 30-49 | 100 | 0.800 | 0.000 (0/9, 0.00-0.30) |" in section
     assert "| unknown | 100 | 0.800 | 0.083 (1/12, 0.01-0.35) |" in section
-    assert "| nobody | 100 | 0.800 | — | — | — |" in evaluate.subgroup_lines({**groups, "sex": [group("nobody", 0, 0)]})
+    assert "| nobody | 100 | 0.800 | — | — | — |" in subgroups.subgroup_lines(
+        {**groups, "sex": [group("nobody", 0, 0)]}
+    )
 
 
 def test_the_shipped_cards_groups_add_up_to_its_test_figures():
     metrics = json.loads((paths.MODELS_DIR / "metrics.json").read_text())
     test = metrics["test"]
     melanomas = test["per_class"]["mel"]["support"]
-    assert set(metrics["subgroups"]) == {key for key, _, _ in evaluate.GROUPINGS}
+    assert set(metrics["subgroups"]) == {key for key, _, _ in subgroups.GROUPINGS}
     for rows in metrics["subgroups"].values():
         assert sum(r["images"] for r in rows) == test["n"]
         assert sum(r["melanoma_recall"]["n"] for r in rows) == melanomas

@@ -1,18 +1,18 @@
-"""ml.sweep: every variant is a valid ml.train command line, and runs are judged from their val logits."""
+"""ml.study.sweep: every variant is a valid ml.train command line, and runs are judged from their val logits."""
 
 import json
 
 import numpy as np
 import pytest
 
-from ml.labels import CLASSES
+from ml.serve.labels import CLASSES
 
 pytest.importorskip("keras")
 
 
 def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
-    from ml import sweep
-    from ml.train import argument_parser, recipe_cache_key, recipe_from
+    from ml.study import sweep
+    from ml.train.fit import argument_parser, recipe_cache_key, recipe_from
 
     recipes = {}
     for variant in sweep.VARIANTS:
@@ -28,7 +28,7 @@ def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
     assert (recipes["mixup"].mixup, recipes["mixup"].cutmix) == (0.3, 0.0)
     assert (recipes["cutmix"].mixup, recipes["cutmix"].cutmix) == (0.0, 1.0)
     # Every variant but base changes the recipe, and only the ones with their own cache change what the cached
-    # copies depend on (the cache's folder name, as ml.train names it).
+    # copies depend on (the cache's folder name, as ml.train.fit names it).
     assert all(recipes[v] != base for v in sweep.VARIANTS if v != "base")
     assert recipes["acquisition"].augmentation == "acquisition"
     assert recipes["constancy"].colour_constancy == 6.0 and base.colour_constancy is None
@@ -38,7 +38,7 @@ def test_every_variant_is_a_command_line_ml_train_accepts(tmp_path):
 
 
 def test_each_cut_and_seed_has_one_cache_building_run_that_the_others_wait_for():
-    from ml import sweep
+    from ml.study import sweep
 
     first, waits = sweep.launch_order(["ls0", "deeper", "base", "mixup"], [2, 3])
     assert first == [("deeper", 2), ("base", 2), ("deeper", 3), ("base", 3)]
@@ -49,7 +49,7 @@ def test_each_cut_and_seed_has_one_cache_building_run_that_the_others_wait_for()
 
 
 def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
-    from ml import sweep
+    from ml.study import sweep
 
     from .test_ml_pipeline import synthetic_ham
 
@@ -118,6 +118,6 @@ def test_runs_are_judged_on_val_and_variants_ranked_by_their_mean(tmp_path):
 
 
 def val_labels(data_dir):
-    from ml import data
+    from ml.train import data
 
     return data.part(data.load_dataset(data_dir), "val")["dx"].tolist()

@@ -1,4 +1,4 @@
-"""Risk tiers (ml.tiers, fitted by ml.triage): ordered thresholds, monotone tiers, flagged images uncertain, a reproducible fit."""
+"""Risk tiers (ml.serve.tiers, fitted by ml.train.triage): ordered thresholds, monotone tiers, flagged images uncertain, a reproducible fit."""
 
 import json
 import subprocess
@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from ml import paths, triage
-from ml.labels import CLASSES
-from ml.tiers import TIERS, Triage, load_triage, malignant_probability
+from ml.serve import paths
+from ml.serve.labels import CLASSES
+from ml.serve.tiers import TIERS, Triage, load_triage, malignant_probability
+from ml.train import triage
 
 needs_data = pytest.mark.skipif(
     not (paths.DATA_DIR / "split.csv").exists(), reason=f"HAM10000 is not at {paths.DATA_DIR} (../shared absent)"
@@ -69,9 +70,7 @@ def test_describe_gives_the_thresholds_and_the_measured_test_figures(shipped):
 
 
 def test_triage_does_not_import_tensorflow():
-    code = (
-        "import sys, ml.tiers; ml.tiers.load_triage(); sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
-    )
+    code = "import sys, ml.serve.tiers; ml.serve.tiers.load_triage(); sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=paths.REPO).returncode == 0
 
 
@@ -95,7 +94,7 @@ def test_the_highest_threshold_keeps_the_target_sensitivity():
 
 
 def test_the_committed_card_is_rendered_from_metrics_json():
-    from ml.evaluate import model_card, val_comparison
+    from ml.study.card import model_card, val_comparison
 
     meta = json.loads(paths.SHIPPED_MODEL.with_suffix(".json").read_text())
     metrics = json.loads((paths.MODELS_DIR / "metrics.json").read_text())
@@ -105,7 +104,7 @@ def test_the_committed_card_is_rendered_from_metrics_json():
 
 
 def test_a_new_evaluation_keeps_the_tier_and_gate_sections_of_the_same_model_only(tmp_path):
-    from ml.evaluate import kept_sections
+    from ml.study.card import kept_sections
 
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"model_version": "v1", "test": {}, "triage": {"a": 1}, "quality_gate": {"b": 2}}))

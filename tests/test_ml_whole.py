@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.labels import CLASSES
+from ml.serve.labels import CLASSES
 
 pytest.importorskip("tensorflow")
 
 pytestmark = pytest.mark.training
 
-from ml import paths  # noqa: E402
+from ml.serve import paths  # noqa: E402
 
 if not paths.IMAGENET_WEIGHTS.exists():
     pytest.skip(f"needs the ImageNet weights at {paths.IMAGENET_WEIGHTS}", allow_module_level=True)
@@ -44,7 +44,7 @@ def synthetic_extra(root: Path, per_class: int = 6, dxs=("mel", "nv", "bkl")) ->
 
 
 def tiny_recipe(**changes):
-    from ml.train import RECIPES
+    from ml.train.fit import RECIPES
 
     tiny = dict(
         input_size=(64, 64),  # MobileNetV2 with its ImageNet weights, on small inputs: a randomly initialised
@@ -72,7 +72,7 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whole_run(folders):
-    from ml.train import train_whole
+    from ml.train.fit import train_whole
 
     out = folders["root"] / "run"
     result = train_whole(tiny_recipe(), folders["ham"], paths.IMAGENET_WEIGHTS, out, [folders["extra"]])
@@ -85,7 +85,7 @@ def checkpoint_variables(out: Path) -> list[np.ndarray]:
 
 
 def test_whole_network_training_lowers_the_loss_and_trains_every_block(whole_run):
-    from ml import model as ml_model
+    from ml.train import model as ml_model
 
     result = whole_run["result"]
     history = result["history"]
@@ -103,19 +103,19 @@ def test_whole_network_training_lowers_the_loss_and_trains_every_block(whole_run
 
 @pytest.fixture
 def no_export(monkeypatch):
-    """A run's last step, writing its files (ml.train.save: the Keras file, its TFLite export and the workers'
+    """A run's last step, writing its files (ml.train.fit.save: the Keras file, its TFLite export and the workers'
     companion, 23 s of the 48 s a run takes here), left out where a test compares checkpoints and histories:
     ``whole_run`` writes them, and the other tests read them back."""
-    from ml import train
+    from ml.train import fit
 
-    monkeypatch.setattr(train, "save", lambda model, out, name, result, *args, **kwargs: result)
+    monkeypatch.setattr(fit, "save", lambda model, out, name, result, *args, **kwargs: result)
 
 
 def test_a_run_stopped_after_epoch_1_and_resumed_ends_with_the_uninterrupted_runs_weights(
     folders, whole_run, no_export
 ):
-    from ml import checkpoint
-    from ml.train import train_whole
+    from ml.train import checkpoint
+    from ml.train.fit import train_whole
 
     out = folders["root"] / "resumed"
     assert (
@@ -137,8 +137,8 @@ def test_a_run_stopped_after_epoch_1_and_resumed_ends_with_the_uninterrupted_run
 
 
 def test_a_run_resumed_mid_whole_phase_keeps_the_optimizer_state(folders, whole_run, no_export):
-    from ml import checkpoint
-    from ml.train import train_whole
+    from ml.train import checkpoint
+    from ml.train.fit import train_whole
 
     out = folders["root"] / "resumed_later"
     train_whole(tiny_recipe(), folders["ham"], paths.IMAGENET_WEIGHTS, out, [folders["extra"]], stop_after=2)
@@ -150,7 +150,7 @@ def test_a_run_resumed_mid_whole_phase_keeps_the_optimizer_state(folders, whole_
 
 
 def test_resume_of_a_folder_without_a_checkpoint_is_refused_with_a_clear_message(tmp_path, capsys):
-    from ml.train import main
+    from ml.train.fit import main
 
     with pytest.raises(SystemExit):
         main(["--resume", str(tmp_path / "no_run")])
@@ -169,7 +169,7 @@ def test_the_saved_keras_file_holds_no_optimizer_state(whole_run):
 
 
 def test_extra_images_reach_the_train_part_only(folders, whole_run):
-    from ml import data
+    from ml.train import data
 
     frame = data.with_extra(data.load_dataset(folders["ham"]), [folders["extra"]])
     extra = frame[frame["source"] == "isic_archive"]
@@ -183,7 +183,7 @@ def test_extra_images_reach_the_train_part_only(folders, whole_run):
 
 
 def test_an_extra_folder_sharing_an_image_or_lesion_with_the_data_is_refused(folders, tmp_path):
-    from ml import data
+    from ml.train import data
 
     copy = synthetic_extra(tmp_path / "again")
     with pytest.raises(ValueError, match="shares 18 image_ids"):
@@ -200,8 +200,8 @@ def test_an_extra_folder_sharing_an_image_or_lesion_with_the_data_is_refused(fol
 
 
 def test_an_extra_folder_without_metadata_is_refused_with_a_clear_message(folders, tmp_path, capsys):
-    from ml import data
-    from ml.train import main
+    from ml.train import data
+    from ml.train.fit import main
 
     (tmp_path / "bare" / "images").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="has no metadata.csv"):
@@ -226,7 +226,7 @@ def test_an_extra_folder_without_metadata_is_refused_with_a_clear_message(folder
 
 
 def test_an_extra_folder_with_a_missing_image_or_unknown_class_is_refused(folders, tmp_path):
-    from ml import data
+    from ml.train import data
 
     broken = synthetic_extra(tmp_path / "broken")
     next((broken / "images").iterdir()).unlink()
@@ -239,7 +239,7 @@ def test_an_extra_folder_with_a_missing_image_or_unknown_class_is_refused(folder
 
 
 def test_extra_data_is_refused_for_the_cached_recipes(folders, capsys):
-    from ml.train import main
+    from ml.train.fit import main
 
     with pytest.raises(SystemExit):
         main(
@@ -258,7 +258,7 @@ def test_extra_data_is_refused_for_the_cached_recipes(folders, capsys):
 
 
 def test_sampling_draws_the_classes_in_the_intended_balance():
-    from ml import stream
+    from ml.train import stream
 
     labels = np.repeat(np.arange(7), [10, 20, 40, 5, 80, 600, 5])
     shares = stream.class_shares(labels, 0.5)
@@ -275,7 +275,7 @@ def test_sampling_draws_the_classes_in_the_intended_balance():
 
 
 def test_every_epoch_augments_each_image_anew_but_reproducibly():
-    from ml import stream
+    from ml.train import stream
 
     pixels = np.random.default_rng(0).integers(0, 255, (150, 200, 3)).astype(np.uint8)
     images, order = [pixels, pixels[::-1].copy()], np.array([0, 1, 0, 1, 0])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from analysis.models import Analysis, LesionImage
 from analysis.services import submit_image
-from ml.inference import model_metadata
+from ml.serve.inference import model_metadata
 from skinsite import embedded_redis
 from tests.conftest import use_broker
 from tests.factories import CaseFactory

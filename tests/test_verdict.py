@@ -15,7 +15,7 @@ from PIL import Image
 
 from analysis import reports
 from analysis.models import Analysis, Membership
-from ml import tiers
+from ml.serve import tiers
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,

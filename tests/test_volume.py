@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from analysis.demo import seed_clinic
 from analysis.models import Analysis, Case, LesionImage, Patient
-from ml import tiers
+from ml.serve import tiers
 from workers import tasks
 
 pytestmark = pytest.mark.django_db

@@ -1,13 +1,13 @@
 """A toy stand-in for MobileNetV2 for the tests of procedures that do not depend on MobileNetV2's own layers
 (ensembles, exports, quantisation, Grad-CAM): the layer names those procedures read (a ``block_2_add`` to cut
-at, ``out_relu`` as the last activations at 1/32 of the input, then ``ml.model.head``) on a few convolutions.
+at, ``out_relu`` as the last activations at 1/32 of the input, then ``ml.train.model.head``) on a few convolutions.
 A TFLite conversion of it takes under a second where the smallest MobileNetV2 takes about eight, and its
 activations do not fade out untrained as MobileNetV2's do."""
 
 import keras
 from keras import layers
 
-from ml.model import COLOUR_CONSTANCY_LAYER, ShadesOfGray, head
+from ml.train.model import COLOUR_CONSTANCY_LAYER, ShadesOfGray, head
 
 CUT = "block_2_add"
 
@@ -15,7 +15,7 @@ CUT = "block_2_add"
 def toy_classifier(
     input_size: tuple[int, int], units: int = 8, seed: int = 0, colour_constancy: float | None = None
 ) -> keras.Model:
-    """As ``ml.model.build_classifier(None, input_size, units, seed=seed, colour_constancy=...)`` builds one,
+    """As ``ml.train.model.build_classifier(None, input_size, units, seed=seed, colour_constancy=...)`` builds one,
     on the toy network: weights drawn from ``seed``, batch normalisation in inference mode."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((*input_size, 3))

@@ -4,7 +4,7 @@ Redis + K `celery worker` processes + the database, as the service runs them. Wi
 REDIS_URL it makes a throw-away SQLite file and an embedded Redis. Prints:
 - warm latency: images submitted one at a time, submit-to-done p50/p95 (from the rows' own timestamps);
 - throughput: N images submitted at once, images/s until the last is done;
-- the served model's own time per image (ml.bench's LiteRT path, batch 1, same thread count as a worker), what a
+- the served model's own time per image (ml.study.bench's LiteRT path, batch 1, same thread count as a worker), what a
   worker computes per image (one call on the companion file, Grad-CAM, quality gate, overlay PNG), and the
   queue's overhead (latency p50 minus that);
 - each worker's time to load and warm up its model (from its log);
@@ -28,7 +28,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_images(count: int) -> list[Path]:
-    from ml import data, paths
+    from ml.serve import paths
+    from ml.train import data
 
     if (paths.DATA_DIR / "split.csv").exists():
         test = data.part(data.load_dataset(paths.DATA_DIR), "test")
@@ -73,7 +74,7 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
     from analysis import reports
     from analysis.models import Analysis, Case, Clinic, Membership, Patient
     from analysis.services import submit_image
-    from ml.bench import bench as model_bench
+    from ml.study.bench import bench as model_bench
     from workers.process import Worker
 
     call_command("migrate", verbosity=0)
@@ -160,7 +161,7 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
 def explanation_ms(images: list[Path]) -> float:
     """Median time of what a worker computes per image (workers.tasks.explanation_of: the explainer's one pass
     and the PNG it stores), on images already decoded, as the task has them."""
-    from ml.preprocess import load_image
+    from ml.serve.preprocess import load_image
     from workers.tasks import explanation_of
 
     times = []

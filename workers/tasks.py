@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from PIL import Image, UnidentifiedImageError
 
 from analysis.models import Analysis
-from ml.preprocess import load_image
+from ml.serve.preprocess import load_image
 from workers import sweeper
 from workers.celery import app
 
@@ -60,8 +60,8 @@ def request_report(analysis_id: int) -> bool:
 
 def explainer():
     """The worker process's model (the served model's LiteRT companion file, its head's weights and the quality
-    gate), loaded once (ml.explainer keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
-    from ml.explainer import get_explainer
+    gate), loaded once (ml.serve.explainer keeps it). No TensorFlow: a worker process holds LiteRT, numpy and Pillow."""
+    from ml.serve.explainer import get_explainer
 
     return get_explainer()
 

@@ -6,7 +6,7 @@ from django.db import migrations
 
 
 def recompute(apps, schema_editor):
-    from ml import tiers
+    from ml.serve import tiers
 
     Analysis = apps.get_model("analysis", "Analysis")
     urgent = tiers.load_triage().urgent_threshold

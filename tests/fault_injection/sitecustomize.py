@@ -9,9 +9,9 @@ if _delay:
 
     from PIL import Image
 
-    import ml.preprocess
+    import ml.serve.preprocess
 
-    _load_image = ml.preprocess.load_image
+    _load_image = ml.serve.preprocess.load_image
 
     def _slow_load_image(source):
         # The task reads the stored file; the start-up warm-up hands over a PIL image: keep that one fast.
@@ -19,8 +19,8 @@ if _delay:
             time.sleep(_delay)
         return _load_image(source)
 
-    # Before workers.tasks is imported, so its `from ml.preprocess import load_image` takes this one.
-    ml.preprocess.load_image = _slow_load_image
+    # Before workers.tasks is imported, so its `from ml.serve.preprocess import load_image` takes this one.
+    ml.serve.preprocess.load_image = _slow_load_image
 
 
 # SKINSITE_TEST_FORBID_IMPORTS="tensorflow,keras": importing any of those packages fails in this process, and
