@@ -13,7 +13,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -33,7 +35,8 @@ from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_
 from analysis.classes import CLASS_CODES
 from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
+from analysis.models import Analysis, AuditEvent, Case, LesionImage, Outcome, Patient
+from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import tier_reason
 from analysis.services import submit_image
@@ -638,6 +641,118 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
         as Media, a DiagnosticReport with the PDF, an Observation per class probability and one for the triage
         tier. 409 until the analysis is done and its report written."""
         return analysis_fhir_response(request, self.get_object())
+
+
+# Confirmed diagnoses
+
+
+class AnalysisNotDoneError(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The analysis is not done: a confirmed diagnosis is recorded for a finished result only."
+    default_code = "analysis_not_done"
+
+
+class OutcomeSerializer(serializers.ModelSerializer):
+    analysis = ClinicRelatedField(queryset=Analysis.objects.select_related("image__case__patient__clinic"))
+    patient = serializers.IntegerField(source="analysis.image.case.patient_id", read_only=True)
+    diagnosis_words = serializers.CharField(read_only=True, help_text="The class's name, or what 'other' was.")
+    current = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Outcome
+        fields = [
+            "id",
+            "analysis",
+            "patient",
+            "diagnosis",
+            "other_diagnosis",
+            "diagnosis_words",
+            "method",
+            "confirmed_on",
+            "recorded_by",
+            "recorded_at",
+            "current",
+        ]
+        read_only_fields = ["recorded_by", "recorded_at"]
+        extra_kwargs = {
+            "diagnosis": {"help_text": "One of the 7 classes, or 'other' with other_diagnosis saying what it was."},
+            "method": {"help_text": "How it was confirmed, in HAM10000's words (its dx_type)."},
+        }
+
+    def get_current(self, outcome: Outcome) -> bool:
+        """True for the entry that counts for its analysis (the latest); false for one corrected since."""
+        return getattr(outcome, "current_pk", outcome.pk) == outcome.pk  # one just recorded counts
+
+    def validate(self, attrs):
+        analysis = attrs["analysis"]
+        if analysis.status != Analysis.Status.DONE:
+            raise AnalysisNotDoneError(not_done_message(analysis))
+        entry = Outcome(**attrs, recorded_by=self.context["request"].user)
+        try:
+            entry.clean()
+        except DjangoValidationError as invalid:
+            raise serializers.ValidationError(invalid.message_dict) from None
+        return attrs | {"other_diagnosis": entry.other_diagnosis}
+
+    def create(self, validated_data):
+        try:
+            return record_outcome(user=self.context["request"].user, **validated_data)
+        except AnalysisNotDone as refused:  # its status changed since validate()
+            raise AnalysisNotDoneError(str(refused)) from None
+
+
+class OutcomeDayRangeFilterForm(DayRangeFilterForm):
+    first, last = "confirmed_after", "confirmed_before"
+
+
+class OutcomeFilter(django_filters.FilterSet):
+    analysis = IdFilter(field_name="analysis")
+    patient = IdFilter(field_name="analysis__image__case__patient")
+    current = StrictBooleanFilter(
+        method="filter_current",
+        help_text="true: only the entry that counts for each analysis; false: only entries corrected since.",
+    )
+    confirmed_after = django_filters.DateFilter(field_name="confirmed_on", lookup_expr="gte")
+    confirmed_before = django_filters.DateFilter(field_name="confirmed_on", lookup_expr="lte")
+
+    class Meta:
+        model = Outcome
+        form = OutcomeDayRangeFilterForm
+        fields = ["analysis", "patient", "diagnosis", "method", "current", "confirmed_after", "confirmed_before"]
+
+    def filter_current(self, qs, name, value):
+        if value is None:
+            return qs
+        return qs.filter(pk=F("current_pk")) if value else qs.exclude(pk=F("current_pk"))
+
+
+class OutcomeViewSet(
+    AuditedMixin,
+    BoundedBodyMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Confirmed diagnoses of the caller's clinic's analyses, newest first. Append-only: a correction is a new
+    entry (POST again for the same analysis), the latest one counts (`current`), and nothing is changed or
+    deleted. 409 for an analysis that is not done."""
+
+    serializer_class = OutcomeSerializer
+    filterset_class = OutcomeFilter
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, Outcome).select_related("analysis__image__case").with_current()
+
+    @extend_schema(
+        responses={
+            201: OutcomeSerializer,
+            400: OpenApiResponse(description="A field is missing or wrong; the answer names it."),
+            409: OpenApiResponse(NOT_FOUND, description="The analysis is not done yet."),
+        }
+    )
+    def create(self, request, *args, **kwargs):
+        return super().create(request, *args, **kwargs)
 
 
 # The audit trail

@@ -9,7 +9,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES
-from analysis.models import Analysis, AuditEvent, Case, Patient
+from analysis.models import Analysis, AuditEvent, Case, Outcome, Patient
+from analysis.outcomes import WHICH_CLASS
 from analysis.services import CLOSED_CASE
 from analysis.uploads import UploadRejected, validate_image_file
 
@@ -110,6 +111,31 @@ class UploadForm(forms.Form):
         if not self.case.is_open:
             raise forms.ValidationError(CLOSED_CASE)
         return super().clean()
+
+
+class OutcomeForm(forms.ModelForm):
+    """A confirmed diagnosis of a done analysis, or a correction of the last one (Outcome.clean has the rules)."""
+
+    class Meta:
+        model = Outcome
+        fields = ["diagnosis", "other_diagnosis", "method", "confirmed_on"]
+        widgets = {"confirmed_on": DateInput()}
+        help_texts = {
+            "diagnosis": "The class as HAM10000 groups diagnoses: "
+            + "; ".join(f"{CLASS_NAMES.get(code, 'Other')}: {words}" for code, words in WHICH_CLASS)
+            + ".",
+            "method": "As HAM10000 records it: histopathology (a biopsy or excision), follow-up (unchanged over "
+            "time), expert consensus, or confocal microscopy.",
+        }
+
+    def __init__(self, *args, analysis: Analysis, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.analysis = analysis
+        self.instance.recorded_by = user
+        self.fields["diagnosis"].choices = [("", "Choose…"), *Outcome.DIAGNOSES]
+        self.fields["method"].choices = [("", "Choose…"), *Outcome.Method.choices]
+        if not self.is_bound:
+            self.initial.setdefault("confirmed_on", timezone.localdate())
 
 
 class AnalysisFilterForm(forms.Form):

@@ -29,11 +29,13 @@ from analysis.forms import (
     AuditFilterForm,
     CaseNotesForm,
     NewCaseForm,
+    OutcomeForm,
     PatientForm,
     ThrottledPasswordChangeForm,
     UploadForm,
 )
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
+from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.reports import (
     DISCLAIMER,
     FLAGGED_WARNING,
@@ -414,17 +416,21 @@ def analysis_list(request):
     )
 
 
-@login_required
-def analysis_detail(request, pk: int):
-    analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
-    analysis.mark_opened(request.user)
-    audit.record(request, audit.Action.VIEWED, analysis)
+def _get_analysis(request, pk):
+    return get_for_clinic(
+        request.user, Analysis.objects.select_related("image__case__patient__clinic", "opened_by"), pk=pk
+    )
+
+
+def _analysis_page(request, analysis, outcome_form=None, status=200):
     report_ready = analysis.has_report
     report_pending = analysis.status == Analysis.Status.DONE and not report_ready
     if report_pending and timezone.now() - analysis.finished_at > Analysis.REPORT_WAIT:
         # A worker writes the report within seconds of the result; this one was lost or never written
         # (seeded demo data), so ask for it now.
         report_pending = request_report(analysis.pk)
+    done = analysis.status == Analysis.Status.DONE
+    outcomes = list(analysis.outcomes.select_related("recorded_by")) if done else []
     return render(
         request,
         "analyses/detail.html",
@@ -438,9 +444,47 @@ def analysis_detail(request, pk: int):
             "tier_reason": tier_reason(analysis),
             "malignant_classes": MALIGNANT,
             "flagged_warning": FLAGGED_WARNING,
-            "similar": similar_lesions(analysis) if analysis.status == Analysis.Status.DONE else [],
+            "similar": similar_lesions(analysis) if done else [],
+            "outcome": outcomes[0] if outcomes else None,
+            "earlier_outcomes": outcomes[1:],
+            "outcome_form": outcome_form or (OutcomeForm(analysis=analysis, user=request.user) if done else None),
         },
+        status=status,
     )
+
+
+@login_required
+def analysis_detail(request, pk: int):
+    analysis = _get_analysis(request, pk)
+    analysis.mark_opened(request.user)
+    audit.record(request, audit.Action.VIEWED, analysis)
+    return _analysis_page(request, analysis)
+
+
+@login_required
+@require_POST
+def analysis_outcome(request, pk: int):
+    """Record what a biopsy, follow-up or experts found for a done analysis, or correct the last entry."""
+    analysis = _get_analysis(request, pk)
+    form = OutcomeForm(request.POST, analysis=analysis, user=request.user)
+    if analysis.status != Analysis.Status.DONE:  # the page offers no form then; the message heads it
+        messages.error(request, not_done_message(analysis))
+        return _analysis_page(request, analysis, status=409)
+    if not form.is_valid():
+        return _analysis_page(request, analysis, outcome_form=form, status=400)
+    correcting = analysis.outcomes.exists()
+    try:
+        outcome = record_outcome(analysis, request.user, **form.cleaned_data)
+    except AnalysisNotDone as refused:
+        form.add_error(None, str(refused))
+        return _analysis_page(request, analysis, outcome_form=form, status=409)
+    audit.record(request, audit.Action.CREATED, outcome)
+    messages.success(
+        request,
+        f"{'The correction' if correcting else 'The confirmed diagnosis'} was recorded: {outcome.diagnosis_words}. "
+        "The PDF report is being written again to include it.",
+    )
+    return redirect("analysis-detail", pk=analysis.pk)
 
 
 @login_required
