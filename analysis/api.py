@@ -19,7 +19,13 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import mixins, renderers, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -35,7 +41,7 @@ from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_
 from analysis.classes import CLASS_CODES
 from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Outcome, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Outcome, Patient
 from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import tier_reason
@@ -43,9 +49,11 @@ from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
 from analysis.views import (
     analysis_fhir_response,
+    clinic_for_admin,
     heatmap_response,
     lockout_headers,
     lockout_message,
+    model_in_clinic,
     patient_fhir_response,
     report_response,
 )
@@ -753,6 +761,77 @@ class OutcomeViewSet(
     )
     def create(self, request, *args, **kwargs):
         return super().create(request, *args, **kwargs)
+
+
+# How the model does in this clinic
+
+
+def _finite(value):
+    """JSON has no NaN: a rate with nothing to count is null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class ClinicViewSet(viewsets.GenericViewSet):
+    """The caller's clinic, for its admin: how the model does on the clinic's own patients."""
+
+    permission_classes = [IsAuthenticated, IsClinicMember, IsClinicAdmin]
+    serializer_class = serializers.Serializer  # the answer is a report, written below
+
+    queryset = Clinic.objects.none()  # for the schema's path parameter: the clinic is the caller's, or a 404
+    lookup_value_regex = "[0-9]+"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "model_version",
+                str,
+                description="A model version, or 'all'; default: the shipped "
+                "model's where it has confirmed analyses, else the version with the most.",
+            ),
+            OpenApiParameter("date_from", OpenApiTypes.DATE, description="Analysed on or after this day."),
+            OpenApiParameter("date_to", OpenApiTypes.DATE, description="Analysed on or before this day."),
+        ],
+        responses={
+            200: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="Counts and rates (value, hits, n, ci95: the "
+                "95% Wilson interval) of the clinic and of the model card's test part, the drift "
+                "warnings, the confusion matrix (rows confirmed, columns predicted) and the "
+                "reliability bins.",
+            ),
+            400: OpenApiResponse(description="A bad choice, named."),
+            404: OpenApiResponse(NOT_FOUND, description="Not your clinic."),
+        },
+    )
+    @action(detail=True)
+    def performance(self, request, pk=None):
+        """The model in this clinic: over the analyses with a confirmed diagnosis, the urgent tier's (and urgent or
+        uncertain's) malignant sensitivity and specificity, melanoma recall, accuracy, balanced accuracy, the
+        confusion matrix and the reliability bins, each beside the model card's test figure."""
+        clinic = clinic_for_admin(request.user, int(pk))
+        form, figures = model_in_clinic(request.user, clinic, request.query_params)
+        if form.is_bound and not form.is_valid():
+            raise ValidationError(form.errors)
+        answer = {
+            "clinic": clinic.pk,
+            "model_version": figures["model_version"],
+            "date_from": figures["first"],
+            "date_to": figures["last"],
+            "other_diagnoses_left_out": figures["other"],
+            "clinic_figures": figures["clinic"],
+            "model_card": figures["card"],
+            "warnings": [
+                {"measure": w["key"], "clinic": w["clinic"], "model_card": w["card"]} for w in figures["warnings"]
+            ],
+            "classes": list(CLASS_CODES),
+        }
+        return Response(_finite(answer))
 
 
 # The audit trail

@@ -138,6 +138,42 @@ class OutcomeForm(forms.ModelForm):
             self.initial.setdefault("confirmed_on", timezone.localdate())
 
 
+class ClinicModelForm(forms.Form):
+    """The choices of "The model in this clinic": which analyses (by the day they were made) of which model
+    version. A bad value is said next to its field and that choice falls back to its default."""
+
+    ALL_VERSIONS = "all"
+
+    model_version = forms.ChoiceField(label="Model version", required=False)
+    date_from = forms.DateField(label="Analysed from", required=False, widget=DateInput())
+    date_to = forms.DateField(label="To", required=False, widget=DateInput())
+
+    def __init__(self, *args, versions: list[str], default: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default = default
+        self.fields["model_version"].choices = [(v, v) for v in versions] + [
+            (self.ALL_VERSIONS, "All versions (no model card to compare with)")
+        ]
+        self.fields["model_version"].initial = default
+
+    def clean(self):
+        data = super().clean()
+        first, last = data.get("date_from"), data.get("date_to")
+        if first and last and last < first:
+            self.add_error("date_to", reversed_days("Analysed from", "To"))
+        return data
+
+    def choices(self) -> tuple[str | None, date | None, date | None]:
+        """(model version, None for all; first day; last day), each bad value left at its default."""
+        data = {}
+        if self.is_bound:
+            self.is_valid()  # cleans each field; a field with an error is absent from cleaned_data
+            data = self.cleaned_data
+        version = data.get("model_version") or self.default
+        first = None if "date_to" in self.errors else data.get("date_from")
+        return (None if version == self.ALL_VERSIONS else version), first, data.get("date_to")
+
+
 class AnalysisFilterForm(forms.Form):
     """The filters of the past analyses list; every field is optional. A bad value is said next to its field and
     only that filter is left out: the others still apply, as the form shows them."""

@@ -36,20 +36,25 @@ def _model_card(path: Path, mtime: float) -> dict:
     return json.loads(path.read_text())
 
 
-def _card_of(version: str) -> dict | None:
-    """The shipped metrics.json if it is that model version's; None when it is missing or belongs to another
-    version (an analysis made by an older model)."""
+def shipped_card() -> dict | None:
+    """The shipped model card's figures (metrics.json); None when it is missing."""
     path = Path(settings.MODEL_METRICS)
     if not path.exists():
         return None
-    card = _model_card(path, path.stat().st_mtime)
-    return card if card.get("model_version") == version else None
+    return _model_card(path, path.stat().st_mtime)
+
+
+def card_of(version: str) -> dict | None:
+    """The shipped metrics.json if it is that model version's; None when it is missing or belongs to another
+    version (an analysis made by an older model)."""
+    card = shipped_card()
+    return card if card is not None and card.get("model_version") == version else None
 
 
 def model_card_figures(version: str) -> dict | None:
     """Test accuracy and balanced accuracy of a model version, from the shipped metrics.json; None without
     that version's card."""
-    card = _card_of(version)
+    card = card_of(version)
     if card is None:
         return None
     return {
@@ -69,7 +74,7 @@ def similar_lesions(analysis: Analysis) -> list[dict]:
     patients of the same sex, and of the same age band when the image was taken (ml.evaluate's figures by
     patient and lesion). A group the case does not name (unknown site, sex or birth date) or the card lacks is
     left out; empty without that version's card."""
-    card = _card_of(analysis.model_version)
+    card = card_of(analysis.model_version)
     groups = (card or {}).get("subgroups") or {}
     image = analysis.image
     case, patient = image.case, image.case.patient

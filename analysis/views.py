@@ -21,20 +21,21 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
-from analysis import audit, fhir
+from analysis import audit, fhir, performance
 from analysis.access import clinic_for, for_clinic, get_for_clinic
 from analysis.classes import MALIGNANT
 from analysis.forms import (
     AnalysisFilterForm,
     AuditFilterForm,
     CaseNotesForm,
+    ClinicModelForm,
     NewCaseForm,
     OutcomeForm,
     PatientForm,
     ThrottledPasswordChangeForm,
     UploadForm,
 )
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
 from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.reports import (
     DISCLAIMER,
@@ -532,6 +533,56 @@ def audit_log(request):
         request,
         "audit/list.html",
         {"page": _page(request, events, AUDIT_PAGE_SIZE), "filters": filters, "qs": query.urlencode()},
+    )
+
+
+# How the model does in this clinic, for the clinic's admin
+
+
+def clinic_for_admin(user, pk: int) -> Clinic:
+    """The user's clinic if `pk` names it and they are its admin: 404 for another clinic's (as for any record),
+    403 for a member who is not the admin."""
+    clinic = clinic_for(user)
+    if clinic is None or clinic.pk != pk:
+        raise Http404("No Clinic matches the given query.")
+    if user.membership.role != Membership.Role.CLINIC_ADMIN:
+        raise PermissionDenied("Only the clinic's admin reads how the model does in the clinic.")
+    return clinic
+
+
+def model_in_clinic(user, clinic: Clinic, params) -> tuple[ClinicModelForm, dict]:
+    """The choices form (bound to `params`, a GET query) and the figures it chose, for the page and the API."""
+    analyses = for_clinic(user, Analysis)
+    versions = performance.versions_confirmed(analyses)
+    form = ClinicModelForm(params or None, versions=versions, default=performance.default_version(versions))
+    version, first, last = form.choices()
+    return form, performance.clinic_performance(analyses, version, first, last)
+
+
+@login_required
+def clinic_model(request, pk: int):
+    """ "The model in this clinic": over the analyses with a confirmed diagnosis, how the model did here, beside
+    what its model card measured on the HAM10000 test part."""
+    clinic = clinic_for_admin(request.user, pk)
+    form, figures = model_in_clinic(request.user, clinic, request.GET)
+    return render(
+        request,
+        "clinics/model.html",
+        {
+            "clinic": clinic,
+            "filters": form,
+            "figures": figures,
+            "plot": performance.reliability_plot(figures["clinic"]["reliability"]),
+            "matrix": zip(figures["classes"], figures["clinic"]["confusion_matrix"], strict=True),
+            "recalls": [
+                (
+                    name,
+                    figures["clinic"]["per_class_recall"][code],
+                    (figures["card"] or {}).get("per_class_recall", {}).get(code),
+                )
+                for code, name, _ in figures["classes"]
+            ],
+        },
     )
 
 
