@@ -256,6 +256,7 @@ def render_pdf(analysis: Analysis) -> bytes:
         key=lambda r: r["p"],
         reverse=True,
     )
+    outcomes = list(analysis.outcomes.select_related("recorded_by")[:2])
     footer = f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}"
     # The template's date filter writes every time in the active zone: the clinic's, as its pages and FHIR do
     # (a worker's own zone is the server's).
@@ -288,6 +289,9 @@ def render_pdf(analysis: Analysis) -> bytes:
                 "card": model_card_figures(analysis.model_version),
                 "similar": similar_lesions(analysis),
                 "disclaimer": DISCLAIMER,
+                # What a biopsy or follow-up found (analysis.outcomes), once recorded: the latest entry counts.
+                "outcome": outcomes[0] if outcomes else None,
+                "outcome_corrects": len(outcomes) > 1,
                 "footer_css": mark_safe(css_string(_CONTROL_CHARACTERS.sub(" ", footer))),
             },
         )

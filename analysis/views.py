@@ -2,6 +2,7 @@
 
 import json
 import mimetypes
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -140,8 +141,23 @@ def home(request):
             "unopened": unopened.order_by(
                 SqlCase(When(risk_tier=Analysis.RiskTier.URGENT, then=0), default=1), "finished_at", "pk"
             )[:20],
+            "overdue_days": settings.OUTCOME_OVERDUE_DAYS,
+            "overdue": _overdue(analyses)[:20],
+            "overdue_count": _overdue(analyses).count(),
         }
     return render(request, "home.html", context)
+
+
+def _overdue(analyses):
+    """Urgent results older than OUTCOME_OVERDUE_DAYS that nobody has recorded a confirmed diagnosis for, oldest
+    first: the loop to close."""
+    before = timezone.now() - timedelta(days=settings.OUTCOME_OVERDUE_DAYS)
+    return analyses.filter(
+        status=Analysis.Status.DONE,
+        risk_tier=Analysis.RiskTier.URGENT,
+        finished_at__lt=before,
+        outcomes__isnull=True,
+    ).order_by("finished_at", "pk")
 
 
 # Patients

@@ -1,14 +1,18 @@
-"""Confirmed diagnoses: recorded on the analysis page and through the API, append-only, scoped to the clinic."""
+"""Confirmed diagnoses: recorded on the analysis page and through the API, append-only, scoped to the clinic;
+the dashboard lists the urgent results still waiting for one, and the PDF report and FHIR export carry it."""
 
+import io
+import re
 from datetime import date, timedelta
 from unittest import mock
 
 import pytest
 from django.contrib import admin
+from django.core.files.base import ContentFile
 from django.urls import reverse
 from django.utils import timezone
 
-from analysis.models import AppendOnlyError, AuditEvent, LesionImage, Outcome
+from analysis.models import Analysis, AppendOnlyError, AuditEvent, LesionImage, Outcome
 from analysis.outcomes import record_outcome
 from tests.factories import AnalysisFactory, LesionImageFactory, UserFactory
 from tests.test_api import client_for
@@ -294,3 +298,121 @@ def test_the_admin_shows_outcomes_read_only_and_records_the_read(client, analysi
     assert client.get(reverse("admin:analysis_outcome_change", args=[outcome.pk])).status_code == 200
     event = AuditEvent.objects.get(user=root, object_type="outcome")
     assert event.clinic == staff.membership.clinic and event.object_id == outcome.pk
+
+
+# Closing the loop: the dashboard
+
+
+def urgent_result(case, staff, days_ago: float, probabilities=None) -> Analysis:
+    from tests.factories import PROBABILITIES, finish
+
+    done = finish(
+        AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)), probabilities or PROBABILITIES
+    )
+    Analysis.objects.filter(pk=done.pk).update(finished_at=timezone.now() - timedelta(days=days_ago))
+    return done
+
+
+def overdue_on_dashboard(client) -> list[int]:
+    section = client.get(reverse("home")).content.decode().split('id="overdue"')[1].split("</section>")[0]
+    return [int(pk) for pk in re.findall(r'href="/analyses/(\d+)/"', section)]
+
+
+def test_the_dashboard_lists_old_urgent_results_without_a_diagnosis_oldest_first(client, staff, case, render):
+    routine = {"akiec": 0.01, "bcc": 0.01, "bkl": 0.01, "df": 0.01, "mel": 0.01, "nv": 0.94, "vasc": 0.01}
+    recent = urgent_result(case, staff, days_ago=29)
+    old = urgent_result(case, staff, days_ago=40)
+    older = urgent_result(case, staff, days_ago=90)
+    confirmed = urgent_result(case, staff, days_ago=60)
+    old_routine = urgent_result(case, staff, days_ago=60, probabilities=routine)
+    record_outcome(confirmed, staff, **entry())
+    client.force_login(staff)
+
+    assert overdue_on_dashboard(client) == [older.pk, old.pk]
+    page = client.get(reverse("home")).content.decode()
+    assert "Urgent results older than 30 days without a confirmed diagnosis (2)" in page
+    assert recent.pk not in overdue_on_dashboard(client) and old_routine.risk_tier == "routine"
+
+    record_outcome(older, staff, **entry(diagnosis="nv"))
+    assert overdue_on_dashboard(client) == [old.pk]
+
+
+def test_the_overdue_age_is_a_setting(client, staff, case, settings):
+    settings.OUTCOME_OVERDUE_DAYS = 7
+    week_old = urgent_result(case, staff, days_ago=8)
+    client.force_login(staff)
+    assert overdue_on_dashboard(client) == [week_old.pk]
+    assert "older than 7 days" in client.get(reverse("home")).content.decode()
+
+
+def test_the_dashboard_lists_no_other_clinics_overdue_results(client, outsider, case, staff):
+    urgent_result(case, staff, days_ago=40)
+    client.force_login(outsider)
+    assert overdue_on_dashboard(client) == []
+
+
+@pytest.mark.parametrize("value", ["0", "thirty"])
+def test_a_bad_overdue_age_stops_start_up_naming_the_variable(value):
+    from tests.test_settings import manage
+
+    result = manage("check", OUTCOME_OVERDUE_DAYS=value)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "ImproperlyConfigured" in last_line and "OUTCOME_OVERDUE_DAYS" in last_line
+
+
+# The PDF report and the FHIR export
+
+
+def test_the_report_carries_the_confirmed_diagnosis_once_there_is_one(analysis, staff, colleague, render):
+    from analysis import reports
+    from tests.test_reports import body_text
+
+    assert "Confirmed diagnosis" not in body_text(reports.render_pdf(Analysis.objects.get(pk=analysis.pk)))
+    staff.first_name, staff.last_name = "Anna", "Berger"
+    staff.save()
+    record_outcome(analysis, staff, **entry(confirmed_on=date(2026, 3, 2)))
+    text = body_text(reports.render_pdf(Analysis.objects.get(pk=analysis.pk)))
+    assert (
+        "Confirmed diagnosis: Melanoma (mel, malignant) · histopathology, 2 March 2026 · recorded by Anna Berger. "
+        "The model's result below was made before it." in text
+    )
+    assert text.index("Confirmed diagnosis") < text.index("Most likely class")
+
+    record_outcome(analysis, colleague, **entry(diagnosis="other", other_diagnosis="Invasive squamous cell carcinoma"))
+    pdf = reports.render_pdf(Analysis.objects.get(pk=analysis.pk))
+    assert "Confirmed diagnosis: Invasive squamous cell carcinoma · histopathology" in body_text(pdf)
+    assert "correcting an earlier entry" in body_text(pdf)
+    from pypdf import PdfReader
+
+    assert len(PdfReader(io.BytesIO(pdf)).pages) == 1
+
+
+def test_the_fhir_export_carries_the_confirmed_diagnosis_as_an_observation_with_its_method(
+    api, analysis, staff, render
+):
+    from tests.test_fhir import by_url, codes, export, resources, valid
+
+    bundle = export(api, reverse("api:analysis-fhir", args=[analysis.pk]))
+    assert not [o for o in resources(bundle, "Observation") if o["id"].endswith("-confirmed")]
+
+    record_outcome(analysis, staff, **entry(diagnosis="bcc", confirmed_on=date(2026, 3, 2)))
+    analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 the report written again"))  # as the worker would
+    bundle = export(api, reverse("api:analysis-fhir", args=[analysis.pk]))
+    valid(bundle)
+    (confirmed,) = [o for o in resources(bundle, "Observation") if o["id"].endswith("-confirmed")]
+    assert confirmed["status"] == "final" and confirmed["effectiveDateTime"] == "2026-03-02"
+    assert codes(confirmed["valueCodeableConcept"], "http://snomed.info/sct") == ["254701007"]
+    assert codes(confirmed["valueCodeableConcept"], "urn:skinsite:fhir:lesion-class") == ["bcc"]
+    assert confirmed["method"]["coding"] == [
+        {"system": "urn:skinsite:fhir:diagnosis-method", "code": "histo", "display": "Histopathology"}
+    ]
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert confirmed in [by_url(bundle, ref) for ref in report["result"]]
+
+    record_outcome(analysis, staff, **entry(diagnosis="other", other_diagnosis="Merkel cell carcinoma"))
+    analysis.report.save("r.pdf", ContentFile(b"%PDF-1.4 the report written again"))
+    bundle = export(api, reverse("api:analysis-fhir", args=[analysis.pk]))
+    valid(bundle)
+    (confirmed,) = [o for o in resources(bundle, "Observation") if o["id"].endswith("-confirmed")]
+    assert confirmed["status"] == "corrected" and confirmed["valueCodeableConcept"]["text"] == "Merkel cell carcinoma"
