@@ -122,6 +122,19 @@ def record_other_clinics(request, refused: OtherClinicsRecord) -> AuditEvent | N
     )
 
 
+def record_command(command: str, clinic_id: int, action: str, object_type: str, description: str) -> AuditEvent:
+    """Store that a management command run on the server (no person signed in) did something with a clinic's
+    records: an export of its patients' images, for instance."""
+    return _store(
+        None,
+        clinic_id=clinic_id,
+        username=f"manage.py {command}",
+        action=action,
+        object_type=object_type,
+        description=description[:255],
+    )
+
+
 def _actor(request) -> dict:
     """Who an event is by: the request's user, their name as it was then, and their clinic (none when signed out)."""
     user = request.user if request.user.is_authenticated else None
