@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from analysis import performance
+from analysis.demo import CONFIRMED_AFTER
 from analysis.models import Analysis, Membership, Outcome
 from analysis.outcomes import record_outcome
 from ml.stats import wilson
@@ -239,3 +240,27 @@ def test_the_menu_offers_the_page_to_the_clinic_admin_only(client, staff, clinic
     assert url in client.get(reverse("home")).content.decode()
     client.force_login(staff)
     assert url not in client.get(reverse("home")).content.decode()
+
+
+# seed_demo
+
+
+def test_seed_demo_confirms_part_of_its_results_with_figures_like_the_cards(client):
+    from django.core.management import call_command
+
+    call_command("seed_demo", "--patients", "400")
+    outcomes = Outcome.objects.select_related("analysis")
+    assert 0.25 < outcomes.count() / Analysis.objects.filter(status="done").count() < 0.45
+    # Every tier confirmed about as often: a bias towards urgent results would flatter the sensitivity.
+    shares = {}
+    for tier in ["urgent", "uncertain", "routine"]:
+        old = Analysis.objects.filter(
+            status="done", risk_tier=tier, finished_at__lt=timezone.now() - CONFIRMED_AFTER
+        ).count()
+        shares[tier] = outcomes.filter(analysis__risk_tier=tier).count() / old
+    assert max(shares.values()) - min(shares.values()) < 0.15, shares
+    assert all(o.recorded_at >= o.analysis.finished_at for o in outcomes)
+    figures = performance.clinic_performance(Analysis.objects.all(), VERSION)
+    assert figures["clinic"]["n"] == outcomes.count() and figures["warnings"] == []
+    for key in ["urgent_sensitivity", "melanoma_recall", "accuracy"]:
+        assert figures["clinic"][key]["value"] == pytest.approx(figures["card"][key]["value"], abs=0.1), key
