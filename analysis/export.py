@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
-from PIL import Image, ImageOps
 
 from analysis.models import Analysis, Outcome
 from analysis.reports import years_between
@@ -87,9 +86,12 @@ def row_of(outcome: Outcome) -> dict:
 
 
 def jpeg_of(field) -> bytes:
-    """The stored image as an upright RGB JPEG, its metadata left behind."""
-    with field.open("rb") as handle, Image.open(handle) as picture:
-        upright = ImageOps.exif_transpose(picture).convert("RGB")
+    """The stored image as the model saw it (upright RGB, alpha flattened on white, 16-bit scaled: ml.preprocess's
+    load_image, the workers' own), as a JPEG with its metadata left behind."""
+    from ml.preprocess import load_image  # numpy and Pillow, as analysis.reports uses it: no TensorFlow
+
+    with field.open("rb") as handle:
+        upright = load_image(handle)
     buffer = io.BytesIO()
     upright.save(buffer, "JPEG", quality=95)
     return buffer.getvalue()

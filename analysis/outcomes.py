@@ -76,5 +76,5 @@ def _render_again(analysis: Analysis, old_report: str | None) -> None:
 
     if old_report:
         with contextlib.suppress(OSError):
-            analysis.report.storage.delete(old_report)
+            Analysis._meta.get_field("report").storage.delete(old_report)
     request_report(analysis.pk)

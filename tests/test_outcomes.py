@@ -48,6 +48,7 @@ def test_staff_record_a_confirmed_diagnosis_on_the_analysis_page(
     page = client.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
     assert "Record the confirmed diagnosis" in page
 
+    old_report = analysis.report.name
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("analysis-outcome", args=[analysis.pk]), entry(method="follow_up"))
 
@@ -64,7 +65,7 @@ def test_staff_record_a_confirmed_diagnosis_on_the_analysis_page(
     assert (event.object_id, event.patient_id, event.user) == (outcome.pk, analysis.image.case.patient_id, staff)
     # The report is written again, now with the diagnosis; the old file is gone.
     analysis.refresh_from_db()
-    assert not analysis.report
+    assert not analysis.report and not analysis.report.storage.exists(old_report)
     render.assert_called_once_with((analysis.pk,), retry=False)
     page = client.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
     assert "Melanoma</strong>" in page and "Follow-up" in page and "Correct the confirmed diagnosis" in page
