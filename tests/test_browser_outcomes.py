@@ -24,8 +24,9 @@ pytestmark = [
 ]
 
 
-# An element styled inline: none of ours is (the policy refuses inline style). Chromium 155 itself leaves an empty
-# style="" on some inputs (the sign-out form's hidden one, date inputs), which styles nothing.
+# An element styled inline: none of ours is (the policy refuses inline style). Chromium 155's form handling itself
+# sometimes leaves an empty style="" on inputs (the sign-out form's hidden one, date inputs) for a while after a
+# page loads, which styles nothing.
 STYLED = '[style]:not([style=""])'
 
 
