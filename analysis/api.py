@@ -756,7 +756,10 @@ class OutcomeViewSet(
         responses={
             201: OutcomeSerializer,
             400: OpenApiResponse(description="A field is missing or wrong; the answer names it."),
-            409: OpenApiResponse(NOT_FOUND, description="The analysis is not done yet."),
+            409: OpenApiResponse(
+                inline_serializer("AnalysisNotDone", {"detail": serializers.CharField()}),
+                description="The analysis is not done yet: a confirmed diagnosis is for a finished result.",
+            ),
         }
     )
     def create(self, request, *args, **kwargs):
@@ -815,7 +818,7 @@ class ClinicViewSet(viewsets.GenericViewSet):
         uncertain's) malignant sensitivity and specificity, melanoma recall, accuracy, balanced accuracy, the
         confusion matrix and the reliability bins, each beside the model card's test figure."""
         clinic = clinic_for_admin(request.user, int(pk))
-        form, figures = model_in_clinic(request.user, clinic, request.query_params)
+        form, figures = model_in_clinic(request.user, request.query_params)
         if form.is_bound and not form.is_valid():
             raise ValidationError(form.errors)
         answer = {

@@ -260,11 +260,3 @@ def reliability_plot(bins: list[dict], size: int = 300, margin: int = 40) -> dic
         "label_x": size / 2,
         "label_y": size - 6,
     }
-
-
-def within_interval_words(figure: dict) -> str:
-    """'8 of 10: 80.0% (95% interval 49.0%–94.3%)', or 'none yet' without lesions to count."""
-    if not figure or not figure["n"]:
-        return "none yet"
-    low, high = figure["ci95"]
-    return f"{figure['hits']} of {figure['n']}: {figure['value']:.1%} (95% interval {low:.1%}–{high:.1%})"

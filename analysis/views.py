@@ -566,8 +566,9 @@ def clinic_for_admin(user, pk: int) -> Clinic:
     return clinic
 
 
-def model_in_clinic(user, clinic: Clinic, params) -> tuple[ClinicModelForm, dict]:
-    """The choices form (bound to `params`, a GET query) and the figures it chose, for the page and the API."""
+def model_in_clinic(user, params) -> tuple[ClinicModelForm, dict]:
+    """The choices form (bound to `params`, a GET query) and the figures it chose over the user's clinic, for the
+    page and the API."""
     analyses = for_clinic(user, Analysis)
     versions = performance.versions_confirmed(analyses)
     form = ClinicModelForm(params or None, versions=versions, default=performance.default_version(versions))
@@ -580,7 +581,7 @@ def clinic_model(request, pk: int):
     """ "The model in this clinic": over the analyses with a confirmed diagnosis, how the model did here, beside
     what its model card measured on the HAM10000 test part."""
     clinic = clinic_for_admin(request.user, pk)
-    form, figures = model_in_clinic(request.user, clinic, request.GET)
+    form, figures = model_in_clinic(request.user, request.GET)
     return render(
         request,
         "clinics/model.html",
