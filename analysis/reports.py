@@ -301,5 +301,21 @@ def render_pdf(analysis: Analysis) -> bytes:
 
 def store_report(analysis: Analysis) -> bool:
     """Render and attach the report (``Analysis.attach_report``: never offered half-written, never two of one
-    analysis); False when another render attached its report first."""
-    return analysis.attach_report(render_pdf(analysis))
+    analysis); False when another render attached its report first. A confirmed diagnosis recorded while the
+    report was being drawn (analysis.outcomes.record_outcome found no report to set aside yet) has it drawn
+    again, so that a stored report never lacks the latest diagnosis."""
+    for _ in range(3):
+        drawn_with = _latest_outcome(analysis)
+        if not analysis.attach_report(render_pdf(analysis)):
+            return False
+        if _latest_outcome(analysis) == drawn_with:
+            return True
+        name = analysis.report.name
+        if Analysis.objects.filter(pk=analysis.pk, report=name).update(report=None):
+            analysis.report.storage.delete(name)
+        analysis.report = None
+    return True
+
+
+def _latest_outcome(analysis: Analysis) -> int | None:
+    return analysis.outcomes.values_list("pk", flat=True).first()

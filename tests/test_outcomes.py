@@ -417,3 +417,26 @@ def test_the_fhir_export_carries_the_confirmed_diagnosis_as_an_observation_with_
     valid(bundle)
     (confirmed,) = [o for o in resources(bundle, "Observation") if o["id"].endswith("-confirmed")]
     assert confirmed["status"] == "corrected" and confirmed["valueCodeableConcept"]["text"] == "Merkel cell carcinoma"
+
+
+def test_a_diagnosis_recorded_while_the_report_is_drawn_has_it_drawn_again(case, staff, render, monkeypatch):
+    from analysis import reports
+    from tests.factories import finish
+
+    analysis = finish(AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)))  # no report yet
+    drawn = []
+
+    def render_pdf(being_drawn):
+        drawn.append(being_drawn.outcomes.count())
+        if len(drawn) == 1:  # staff record a diagnosis meanwhile: there is no report yet to set aside
+            record_outcome(Analysis.objects.get(pk=analysis.pk), staff, **entry())
+        return b"%PDF-1.4 with " + str(drawn[-1]).encode() + b" diagnoses"
+
+    monkeypatch.setattr(reports, "render_pdf", render_pdf)
+    assert reports.store_report(Analysis.objects.get(pk=analysis.pk))
+
+    assert drawn == [0, 1]
+    stored = Analysis.objects.get(pk=analysis.pk)
+    with stored.report.open("rb") as handle:
+        assert handle.read() == b"%PDF-1.4 with 1 diagnoses"
+    assert len(stored.report.storage.listdir("reports")[1]) == 1  # the first drawing is gone
