@@ -17,7 +17,7 @@ from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import Token, TokenProxy
 
 from analysis import audit
-from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Outcome, Patient
 from analysis.services import CLOSED_CASE, removing_files_on_failure, submit_image
 from analysis.uploads import UploadRejected, validate_image_file
 
@@ -253,6 +253,36 @@ class AnalysisAdmin(ClinicRecordAdmin):
         # Everything but the image is written by the worker; the image is fixed once queued.
         fields = [f.name for f in Analysis._meta.fields if f.name not in ("id", "image")]
         return [*fields, "image"] if obj else fields
+
+
+@admin.register(Outcome)
+class OutcomeAdmin(ClinicRecordAdmin):
+    """Confirmed diagnoses, to read: clinic staff record them (on the analysis page or through the API), and an
+    entry is never changed or deleted; a correction is a new entry."""
+
+    list_display = [
+        "pk",
+        "analysis",
+        "diagnosis",
+        "other_diagnosis",
+        "method",
+        "confirmed_on",
+        "recorded_by",
+        "recorded_at",
+    ]
+    list_filter = ["analysis__image__case__patient__clinic", "diagnosis", "method", "confirmed_on", "recorded_at"]
+    list_select_related = ["analysis", "recorded_by"]
+    search_fields = ["analysis__image__case__patient__name", "analysis__image__case__patient__mrn", "other_diagnosis"]
+    date_hierarchy = "recorded_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(AuditEvent)

@@ -13,11 +13,19 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import mixins, renderers, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -33,16 +41,19 @@ from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_
 from analysis.classes import CLASS_CODES
 from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Outcome, Patient
+from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import tier_reason
 from analysis.services import submit_image
 from analysis.uploads import UploadRejected, validate_image_file
 from analysis.views import (
     analysis_fhir_response,
+    clinic_for_admin,
     heatmap_response,
     lockout_headers,
     lockout_message,
+    model_in_clinic,
     patient_fhir_response,
     report_response,
 )
@@ -638,6 +649,192 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
         as Media, a DiagnosticReport with the PDF, an Observation per class probability and one for the triage
         tier. 409 until the analysis is done and its report written."""
         return analysis_fhir_response(request, self.get_object())
+
+
+# Confirmed diagnoses
+
+
+class AnalysisNotDoneError(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The analysis is not done: a confirmed diagnosis is recorded for a finished result only."
+    default_code = "analysis_not_done"
+
+
+class OutcomeSerializer(serializers.ModelSerializer):
+    analysis = ClinicRelatedField(queryset=Analysis.objects.select_related("image__case__patient__clinic"))
+    patient = serializers.IntegerField(source="analysis.image.case.patient_id", read_only=True)
+    diagnosis_words = serializers.CharField(read_only=True, help_text="The class's name, or what 'other' was.")
+    current = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Outcome
+        fields = [
+            "id",
+            "analysis",
+            "patient",
+            "diagnosis",
+            "other_diagnosis",
+            "diagnosis_words",
+            "method",
+            "confirmed_on",
+            "recorded_by",
+            "recorded_at",
+            "current",
+        ]
+        read_only_fields = ["recorded_by", "recorded_at"]
+        extra_kwargs = {
+            "diagnosis": {"help_text": "One of the 7 classes, or 'other' with other_diagnosis saying what it was."},
+            "method": {"help_text": "How it was confirmed, in HAM10000's words (its dx_type)."},
+        }
+
+    def get_current(self, outcome: Outcome) -> bool:
+        """True for the entry that counts for its analysis (the latest); false for one corrected since."""
+        return getattr(outcome, "current_pk", outcome.pk) == outcome.pk  # one just recorded counts
+
+    def validate(self, attrs):
+        analysis = attrs["analysis"]
+        if analysis.status != Analysis.Status.DONE:
+            raise AnalysisNotDoneError(not_done_message(analysis))
+        entry = Outcome(**attrs, recorded_by=self.context["request"].user)
+        try:
+            entry.clean()
+        except DjangoValidationError as invalid:
+            raise serializers.ValidationError(invalid.message_dict) from None
+        return attrs | {"other_diagnosis": entry.other_diagnosis}
+
+    def create(self, validated_data):
+        try:
+            return record_outcome(user=self.context["request"].user, **validated_data)
+        except AnalysisNotDone as refused:  # its status changed since validate()
+            raise AnalysisNotDoneError(str(refused)) from None
+
+
+class OutcomeDayRangeFilterForm(DayRangeFilterForm):
+    first, last = "confirmed_after", "confirmed_before"
+
+
+class OutcomeFilter(django_filters.FilterSet):
+    analysis = IdFilter(field_name="analysis")
+    patient = IdFilter(field_name="analysis__image__case__patient")
+    current = StrictBooleanFilter(
+        method="filter_current",
+        help_text="true: only the entry that counts for each analysis; false: only entries corrected since.",
+    )
+    confirmed_after = django_filters.DateFilter(field_name="confirmed_on", lookup_expr="gte")
+    confirmed_before = django_filters.DateFilter(field_name="confirmed_on", lookup_expr="lte")
+
+    class Meta:
+        model = Outcome
+        form = OutcomeDayRangeFilterForm
+        fields = ["analysis", "patient", "diagnosis", "method", "current", "confirmed_after", "confirmed_before"]
+
+    def filter_current(self, qs, name, value):
+        if value is None:
+            return qs
+        return qs.filter(pk=F("current_pk")) if value else qs.exclude(pk=F("current_pk"))
+
+
+class OutcomeViewSet(
+    AuditedMixin,
+    BoundedBodyMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Confirmed diagnoses of the caller's clinic's analyses, newest first. Append-only: a correction is a new
+    entry (POST again for the same analysis), the latest one counts (`current`), and nothing is changed or
+    deleted. 409 for an analysis that is not done."""
+
+    serializer_class = OutcomeSerializer
+    filterset_class = OutcomeFilter
+
+    def get_queryset(self):
+        return for_clinic(self.request.user, Outcome).select_related("analysis__image__case").with_current()
+
+    @extend_schema(
+        responses={
+            201: OutcomeSerializer,
+            400: OpenApiResponse(description="A field is missing or wrong; the answer names it."),
+            409: OpenApiResponse(
+                inline_serializer("AnalysisNotDone", {"detail": serializers.CharField()}),
+                description="The analysis is not done yet: a confirmed diagnosis is for a finished result.",
+            ),
+        }
+    )
+    def create(self, request, *args, **kwargs):
+        return super().create(request, *args, **kwargs)
+
+
+# How the model does in this clinic
+
+
+def _finite(value):
+    """JSON has no NaN: a rate with nothing to count is null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class ClinicViewSet(viewsets.GenericViewSet):
+    """The caller's clinic, for its admin: how the model does on the clinic's own patients."""
+
+    permission_classes = [IsAuthenticated, IsClinicMember, IsClinicAdmin]
+    serializer_class = serializers.Serializer  # the answer is a report, written below
+
+    queryset = Clinic.objects.none()  # for the schema's path parameter: the clinic is the caller's, or a 404
+    lookup_value_regex = "[0-9]+"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "model_version",
+                str,
+                description="A model version, or 'all'; default: the shipped "
+                "model's where it has confirmed analyses, else the version with the most.",
+            ),
+            OpenApiParameter("date_from", OpenApiTypes.DATE, description="Analysed on or after this day."),
+            OpenApiParameter("date_to", OpenApiTypes.DATE, description="Analysed on or before this day."),
+        ],
+        responses={
+            200: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="Counts and rates (value, hits, n, ci95: the "
+                "95% Wilson interval) of the clinic and of the model card's test part, the drift "
+                "warnings, the confusion matrix (rows confirmed, columns predicted) and the "
+                "reliability bins.",
+            ),
+            400: OpenApiResponse(description="A bad choice, named."),
+            404: OpenApiResponse(NOT_FOUND, description="Not your clinic."),
+        },
+    )
+    @action(detail=True)
+    def performance(self, request, pk=None):
+        """The model in this clinic: over the analyses with a confirmed diagnosis, the urgent tier's (and urgent or
+        uncertain's) malignant sensitivity and specificity, melanoma recall, accuracy, balanced accuracy, the
+        confusion matrix and the reliability bins, each beside the model card's test figure."""
+        clinic = clinic_for_admin(request.user, int(pk))
+        form, figures = model_in_clinic(request.user, request.query_params)
+        if form.is_bound and not form.is_valid():
+            raise ValidationError(form.errors)
+        answer = {
+            "clinic": clinic.pk,
+            "model_version": figures["model_version"],
+            "date_from": figures["first"],
+            "date_to": figures["last"],
+            "other_diagnoses_left_out": figures["other"],
+            "clinic_figures": figures["clinic"],
+            "model_card": figures["card"],
+            "warnings": [
+                {"measure": w["key"], "clinic": w["clinic"], "model_card": w["card"]} for w in figures["warnings"]
+            ],
+            "classes": list(CLASS_CODES),
+        }
+        return Response(_finite(answer))
 
 
 # The audit trail

@@ -15,6 +15,8 @@ router.register("patients", api.PatientViewSet, basename="patient")
 router.register("cases", api.CaseViewSet, basename="case")
 router.register("images", api.LesionImageViewSet, basename="image")
 router.register("analyses", api.AnalysisViewSet, basename="analysis")
+router.register("outcomes", api.OutcomeViewSet, basename="outcome")
+router.register("clinics", api.ClinicViewSet, basename="clinic")
 router.register("audit", api.AuditEventViewSet, basename="audit-event")
 
 # The two API docs pages widen the site's Content-Security-Policy (skinsite/settings.py) for themselves only.

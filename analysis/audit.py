@@ -21,7 +21,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from analysis.access import OtherClinicsRecord, clinic_for
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
+from analysis.models import Analysis, AuditEvent, Case, LesionImage, Outcome, Patient
 
 # How long after a person viewed a patient's record the images and heatmaps of that patient they fetch count as
 # part of that visit (the page's thumbnails and pictures), not as views of their own.
@@ -35,6 +35,7 @@ _TYPES = {
     Case: ObjectType.CASE,
     LesionImage: ObjectType.IMAGE,
     Analysis: ObjectType.ANALYSIS,
+    Outcome: ObjectType.OUTCOME,
 }
 
 
@@ -121,6 +122,19 @@ def record_other_clinics(request, refused: OtherClinicsRecord) -> AuditEvent | N
     )
 
 
+def record_command(command: str, clinic_id: int, action: str, object_type: str, description: str) -> AuditEvent:
+    """Store that a management command run on the server (no person signed in) did something with a clinic's
+    records: an export of its patients' images, for instance."""
+    return _store(
+        None,
+        clinic_id=clinic_id,
+        username=f"manage.py {command}",
+        action=action,
+        object_type=object_type,
+        description=description[:255],
+    )
+
+
 def _actor(request) -> dict:
     """Who an event is by: the request's user, their name as it was then, and their clinic (none when signed out)."""
     user = request.user if request.user.is_authenticated else None
@@ -150,6 +164,8 @@ def _patient_id(obj: models.Model | None) -> int | None:
         return obj.case.patient_id
     if isinstance(obj, Analysis):
         return obj.image.case.patient_id
+    if isinstance(obj, Outcome):
+        return obj.analysis.image.case.patient_id
     return None
 
 
@@ -160,6 +176,8 @@ def _clinic_id(obj: models.Model) -> int:
         return obj.patient.clinic_id
     if isinstance(obj, LesionImage):
         return obj.case.patient.clinic_id
+    if isinstance(obj, Outcome):
+        return obj.analysis.image.case.patient.clinic_id
     return obj.image.case.patient.clinic_id  # an Analysis
 
 
@@ -173,6 +191,8 @@ def _describe(obj: models.Model | None) -> str:
         return f"Image {obj.pk} of case {obj.case_id}"
     if isinstance(obj, Analysis):
         return f"Analysis {obj.pk} of image {obj.image_id}"
+    if isinstance(obj, Outcome):
+        return f"Confirmed diagnosis {obj.pk} of analysis {obj.analysis_id}: {obj.diagnosis_words}"[:255]
     return ""
 
 

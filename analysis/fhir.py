@@ -10,7 +10,9 @@ One analysis, or every done analysis of one patient, becomes a Bundle of type "c
   verdict first, the class only where it agrees with it: `conclusion_codes`), the PDF report as `presentedForm`;
 - `Observation`s: one probability for each of the 7 classes, and one for the triage tier with the malignant
   probability as a component, each `derivedFrom` the Media;
-- `Device`: the model version that made the result, with its measured test accuracy.
+- `Device`: the model version that made the result, with its measured test accuracy;
+- once recorded, an `Observation` of the confirmed diagnosis (analysis.outcomes: the latest entry), its class as
+  `valueCodeableConcept` and how it was confirmed (HAM10000's words) as `method`, among the report's results.
 
 Codes: SNOMED CT where one concept fits the category (`SNOMED_BODY_SITES`, `SNOMED_CLASSES`), always beside a
 code of our own (`LOCAL`) that carries the value as stored, so a receiver that does not know SNOMED still reads
@@ -30,7 +32,7 @@ from zoneinfo import ZoneInfo
 from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES, MALIGNANT
-from analysis.models import Analysis, Case, Patient
+from analysis.models import Analysis, Case, Outcome, Patient
 from analysis.reports import DISCLAIMER, FLAGGED_WARNING, TIER_MEANING, file_name, model_card_figures
 
 MEDIA_TYPE = "application/fhir+json"
@@ -45,6 +47,7 @@ LOCAL_BODY_SITE = f"{LOCAL}:body-site"
 LOCAL_TIER = f"{LOCAL}:triage-tier"
 LOCAL_OBSERVATION = f"{LOCAL}:observation"
 LOCAL_REPORT = f"{LOCAL}:report"
+LOCAL_METHOD = f"{LOCAL}:diagnosis-method"
 ANALYSIS_IDENTIFIER = f"{LOCAL}:analysis"
 CLINIC_IDENTIFIER = f"{LOCAL}:clinic"
 
@@ -375,6 +378,10 @@ class BundleBuilder:
                 )
             )
 
+        outcomes = list(analysis.outcomes.all()[:2])
+        if outcomes:
+            results.append(self._confirmed(analysis, outcomes[0], corrects=len(outcomes) > 1, body=common["bodySite"]))
+
         with analysis.report.open("rb") as handle:
             pdf = handle.read()
         report = {
@@ -397,6 +404,40 @@ class BundleBuilder:
             "presentedForm": [attachment("application/pdf", pdf, file_name(analysis))],
         }
         self._add("report", analysis.pk, report)
+
+    def _confirmed(self, analysis: Analysis, outcome: Outcome, *, corrects: bool, body: dict) -> dict:
+        """The confirmed diagnosis (the latest entry), with how it was confirmed as `method`: `corrected` when it
+        replaced an earlier entry."""
+        if outcome.diagnosis == Outcome.OTHER:
+            value = {
+                "coding": [coding(LOCAL_CLASS, Outcome.OTHER, "None of the 7 classes")],
+                "text": text(outcome.other_diagnosis),
+            }
+        else:
+            value = lesion_class(outcome.diagnosis)
+        resource = {
+            "resourceType": "Observation",
+            "id": f"analysis-{analysis.pk}-confirmed",
+            "identifier": [{"system": f"{LOCAL}:outcome", "value": str(outcome.pk)}],
+            "status": "corrected" if corrects else "final",
+            "code": {
+                "coding": [coding(LOCAL_OBSERVATION, "confirmed-diagnosis", "Confirmed diagnosis")],
+                "text": "Confirmed diagnosis of the lesion (after the model's result)",
+            },
+            "subject": self.patient_ref,
+            "effectiveDateTime": outcome.confirmed_on.isoformat(),
+            "issued": instant(outcome.recorded_at, self.tz),
+            "performer": [self.clinic_ref],
+            "valueCodeableConcept": value,
+            "bodySite": body,
+            "method": {
+                "coding": [coding(LOCAL_METHOD, outcome.method, outcome.get_method_display())],
+                "text": outcome.get_method_display(),
+            },
+        }
+        if corrects:
+            resource["note"] = [{"text": "Corrects an earlier entry; skinsite keeps every entry on record."}]
+        return self._add("observation", f"{analysis.pk}:confirmed", resource)
 
     def bundle(self) -> dict:
         return {

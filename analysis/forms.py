@@ -9,7 +9,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES
-from analysis.models import Analysis, AuditEvent, Case, Patient
+from analysis.models import Analysis, AuditEvent, Case, Outcome, Patient
+from analysis.outcomes import WHICH_CLASS
 from analysis.services import CLOSED_CASE
 from analysis.uploads import UploadRejected, validate_image_file
 
@@ -110,6 +111,67 @@ class UploadForm(forms.Form):
         if not self.case.is_open:
             raise forms.ValidationError(CLOSED_CASE)
         return super().clean()
+
+
+class OutcomeForm(forms.ModelForm):
+    """A confirmed diagnosis of a done analysis, or a correction of the last one (Outcome.clean has the rules)."""
+
+    class Meta:
+        model = Outcome
+        fields = ["diagnosis", "other_diagnosis", "method", "confirmed_on"]
+        widgets = {"confirmed_on": DateInput()}
+        help_texts = {
+            "diagnosis": "The class as HAM10000 groups diagnoses: "
+            + "; ".join(f"{CLASS_NAMES.get(code, 'Other')}: {words}" for code, words in WHICH_CLASS)
+            + ".",
+            "method": "As HAM10000 records it: histopathology (a biopsy or excision), follow-up (unchanged over "
+            "time), expert consensus, or confocal microscopy.",
+        }
+
+    def __init__(self, *args, analysis: Analysis, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.analysis = analysis
+        self.instance.recorded_by = user
+        self.fields["diagnosis"].choices = [("", "Choose…"), *Outcome.DIAGNOSES]
+        self.fields["method"].choices = [("", "Choose…"), *Outcome.Method.choices]
+        if not self.is_bound:
+            self.initial.setdefault("confirmed_on", timezone.localdate())
+
+
+class ClinicModelForm(forms.Form):
+    """The choices of "The model in this clinic": which analyses (by the day they were made) of which model
+    version. A bad value is said next to its field and that choice falls back to its default."""
+
+    ALL_VERSIONS = "all"
+
+    model_version = forms.ChoiceField(label="Model version", required=False)
+    date_from = forms.DateField(label="Analysed from", required=False, widget=DateInput())
+    date_to = forms.DateField(label="To", required=False, widget=DateInput())
+
+    def __init__(self, *args, versions: list[str], default: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default = default
+        self.fields["model_version"].choices = [(v, v) for v in versions] + [
+            (self.ALL_VERSIONS, "All versions (no model card to compare with)")
+        ]
+        self.fields["model_version"].initial = default
+
+    def clean(self):
+        data = super().clean()
+        first, last = data.get("date_from"), data.get("date_to")
+        if first and last and last < first:
+            self.add_error("date_to", reversed_days("Analysed from", "To"))
+        return data
+
+    def choices(self) -> tuple[str | None, date | None, date | None]:
+        """(model version, None for all; first day; last day), each bad value left at its default."""
+        data = {}
+        if self.is_bound:
+            self.is_valid()  # cleans each field; a field with an error is absent from cleaned_data
+            data = self.cleaned_data
+        version = data.get("model_version") or self.default
+        first = None if "date_to" in self.errors else data.get("date_from")
+        return (None if version == self.ALL_VERSIONS else version), first, data.get("date_to")
 
 
 class AnalysisFilterForm(forms.Form):

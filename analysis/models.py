@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import models, transaction
-from django.db.models import F, Prefetch, Q
+from django.db.models import F, OuterRef, Prefetch, Q, Subquery
 from django.db.models.fields.files import ImageFieldFile
 from django.utils import timezone
 from PIL import Image
@@ -601,6 +601,7 @@ class AuditEvent(models.Model):
         ANALYSIS = "analysis", "Analysis"
         REPORT = "report", "Report"
         HEATMAP = "heatmap", "Heatmap"  # an analysis's Grad-CAM image, once it is served
+        OUTCOME = "outcome", "Confirmed diagnosis"
         ACCOUNT = "account", "Account"
 
     # Null for events outside any clinic: platform admins, sign-in failures of unknown names.
@@ -652,3 +653,109 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("audit events cannot be deleted")
+
+
+class OutcomeQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("a confirmed diagnosis is never changed: record a correction instead")
+
+    def delete(self):
+        raise AppendOnlyError("a confirmed diagnosis is never deleted: record a correction instead")
+
+    def with_current(self) -> "OutcomeQuerySet":
+        """Each entry with `current_pk`, the id of the entry that counts for its analysis (the latest one)."""
+        latest = Outcome.objects.filter(analysis=OuterRef("analysis")).order_by("-recorded_at", "-pk").values("pk")
+        return self.annotate(current_pk=Subquery(latest[:1]))
+
+    def current(self) -> "OutcomeQuerySet":
+        """Only the entry that counts for each analysis: the latest recorded one."""
+        return self.with_current().filter(pk=F("current_pk"))
+
+
+class Outcome(models.Model):
+    """What a biopsy, a follow-up or experts found for an analysed lesion image: its confirmed diagnosis.
+
+    Append-only, like the audit trail: a correction is a new entry, the latest one of an analysis counts
+    (`OutcomeQuerySet.current`), and the earlier ones stay on record with who recorded them and when. Written
+    through analysis.outcomes.record_outcome, which checks that the analysis is done.
+    """
+
+    clinic_lookup = "analysis__image__case__patient__clinic"
+    OTHER = "other"
+    DIAGNOSES = [*((code, CLASS_NAMES[code]) for code in CLASS_CODES), (OTHER, "Other (say which)")]
+
+    class Method(models.TextChoices):
+        # HAM10000's `dx_type` vocabulary, stored as written there, so that exported outcomes read as its rows.
+        HISTOPATHOLOGY = "histo", "Histopathology"
+        FOLLOW_UP = "follow_up", "Follow-up"
+        CONSENSUS = "consensus", "Expert consensus"
+        CONFOCAL = "confocal", "Confocal microscopy"
+
+    analysis = models.ForeignKey(Analysis, on_delete=models.PROTECT, related_name="outcomes")
+    diagnosis = models.CharField(max_length=10, choices=DIAGNOSES)
+    other_diagnosis = models.CharField(
+        "other diagnosis", max_length=200, blank=True, help_text="What it was, when none of the 7 classes."
+    )
+    method = models.CharField("confirmed by", max_length=10, choices=Method.choices)
+    confirmed_on = models.DateField("confirmed on")
+    # PROTECT: who confirmed a diagnosis stays on record; users are deactivated, not deleted.
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = OutcomeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-recorded_at", "-pk"]
+        indexes = [models.Index(fields=["analysis", "-recorded_at", "-id"], name="outcome_latest_first")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(diagnosis="other") & ~Q(other_diagnosis=""))
+                | (~Q(diagnosis="other") & Q(other_diagnosis="")),
+                name="outcome_other_diagnosis_said_only_for_other",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Outcome {self.pk} of analysis {self.analysis_id}: {self.diagnosis_words}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("a confirmed diagnosis is never changed: record a correction instead")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("a confirmed diagnosis is never deleted: record a correction instead")
+
+    @property
+    def diagnosis_words(self) -> str:
+        """The confirmed diagnosis as staff read it: the class's name, or what "other" was."""
+        return self.other_diagnosis if self.diagnosis == self.OTHER else CLASS_NAMES[self.diagnosis]
+
+    @property
+    def is_malignant(self) -> bool | None:
+        """Whether the confirmed class is one of the malignant three; None for a diagnosis outside the 7."""
+        return None if self.diagnosis == self.OTHER else self.diagnosis in MALIGNANT
+
+    def clean(self) -> None:
+        """The rules of an entry, for the page's form and the API alike."""
+        errors = {}
+        other = self.other_diagnosis.strip()
+        if self.diagnosis == self.OTHER and not other:
+            errors["other_diagnosis"] = "Say what the diagnosis was when it is none of the 7 classes."
+        elif self.diagnosis and self.diagnosis != self.OTHER and other:
+            errors["other_diagnosis"] = (
+                f"Leave this empty for one of the 7 classes, or choose “Other” instead of "
+                f"{CLASS_NAMES.get(self.diagnosis, self.diagnosis)}."
+            )
+        self.other_diagnosis = other
+        if self.confirmed_on and self.analysis_id:
+            patient = self.analysis.image.case.patient
+            today = timezone.localdate(timezone=ZoneInfo(patient.clinic.time_zone))
+            taken = self.analysis.image.captured_at
+            if self.confirmed_on > today:
+                errors["confirmed_on"] = "The date of confirmation cannot be in the future."
+            elif taken and self.confirmed_on < timezone.localtime(taken, ZoneInfo(patient.clinic.time_zone)).date():
+                errors["confirmed_on"] = "The date of confirmation cannot be before the image was taken."
+        if errors:
+            raise ValidationError(errors)

@@ -36,20 +36,25 @@ def _model_card(path: Path, mtime: float) -> dict:
     return json.loads(path.read_text())
 
 
-def _card_of(version: str) -> dict | None:
-    """The shipped metrics.json if it is that model version's; None when it is missing or belongs to another
-    version (an analysis made by an older model)."""
+def shipped_card() -> dict | None:
+    """The shipped model card's figures (metrics.json); None when it is missing."""
     path = Path(settings.MODEL_METRICS)
     if not path.exists():
         return None
-    card = _model_card(path, path.stat().st_mtime)
-    return card if card.get("model_version") == version else None
+    return _model_card(path, path.stat().st_mtime)
+
+
+def card_of(version: str) -> dict | None:
+    """The shipped metrics.json if it is that model version's; None when it is missing or belongs to another
+    version (an analysis made by an older model)."""
+    card = shipped_card()
+    return card if card is not None and card.get("model_version") == version else None
 
 
 def model_card_figures(version: str) -> dict | None:
     """Test accuracy and balanced accuracy of a model version, from the shipped metrics.json; None without
     that version's card."""
-    card = _card_of(version)
+    card = card_of(version)
     if card is None:
         return None
     return {
@@ -69,7 +74,7 @@ def similar_lesions(analysis: Analysis) -> list[dict]:
     patients of the same sex, and of the same age band when the image was taken (ml.evaluate's figures by
     patient and lesion). A group the case does not name (unknown site, sex or birth date) or the card lacks is
     left out; empty without that version's card."""
-    card = _card_of(analysis.model_version)
+    card = card_of(analysis.model_version)
     groups = (card or {}).get("subgroups") or {}
     image = analysis.image
     case, patient = image.case, image.case.patient
@@ -251,6 +256,7 @@ def render_pdf(analysis: Analysis) -> bytes:
         key=lambda r: r["p"],
         reverse=True,
     )
+    outcomes = list(analysis.outcomes.select_related("recorded_by")[:2])
     footer = f"{patient.clinic.name} · report {analysis.pk} · MRN {patient.mrn}"
     # The template's date filter writes every time in the active zone: the clinic's, as its pages and FHIR do
     # (a worker's own zone is the server's).
@@ -283,6 +289,9 @@ def render_pdf(analysis: Analysis) -> bytes:
                 "card": model_card_figures(analysis.model_version),
                 "similar": similar_lesions(analysis),
                 "disclaimer": DISCLAIMER,
+                # What a biopsy or follow-up found (analysis.outcomes), once recorded: the latest entry counts.
+                "outcome": outcomes[0] if outcomes else None,
+                "outcome_corrects": len(outcomes) > 1,
                 "footer_css": mark_safe(css_string(_CONTROL_CHARACTERS.sub(" ", footer))),
             },
         )
@@ -292,5 +301,21 @@ def render_pdf(analysis: Analysis) -> bytes:
 
 def store_report(analysis: Analysis) -> bool:
     """Render and attach the report (``Analysis.attach_report``: never offered half-written, never two of one
-    analysis); False when another render attached its report first."""
-    return analysis.attach_report(render_pdf(analysis))
+    analysis); False when another render attached its report first. A confirmed diagnosis recorded while the
+    report was being drawn (analysis.outcomes.record_outcome found no report to set aside yet) has it drawn
+    again, so that a stored report never lacks the latest diagnosis."""
+    for _ in range(3):
+        drawn_with = _latest_outcome(analysis)
+        if not analysis.attach_report(render_pdf(analysis)):
+            return False
+        if _latest_outcome(analysis) == drawn_with:
+            return True
+        name = analysis.report.name
+        if Analysis.objects.filter(pk=analysis.pk, report=name).update(report=None):
+            analysis.report.storage.delete(name)
+        analysis.report = None
+    return True
+
+
+def _latest_outcome(analysis: Analysis) -> int | None:
+    return analysis.outcomes.values_list("pk", flat=True).first()

@@ -2,6 +2,7 @@
 
 import json
 import mimetypes
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -21,19 +22,22 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.authtoken.models import Token
 
-from analysis import audit, fhir
+from analysis import audit, fhir, performance
 from analysis.access import clinic_for, for_clinic, get_for_clinic
 from analysis.classes import MALIGNANT
 from analysis.forms import (
     AnalysisFilterForm,
     AuditFilterForm,
     CaseNotesForm,
+    ClinicModelForm,
     NewCaseForm,
+    OutcomeForm,
     PatientForm,
     ThrottledPasswordChangeForm,
     UploadForm,
 )
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
+from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.reports import (
     DISCLAIMER,
     FLAGGED_WARNING,
@@ -137,8 +141,23 @@ def home(request):
             "unopened": unopened.order_by(
                 SqlCase(When(risk_tier=Analysis.RiskTier.URGENT, then=0), default=1), "finished_at", "pk"
             )[:20],
+            "overdue_days": settings.OUTCOME_OVERDUE_DAYS,
+            "overdue": _overdue(analyses)[:20],
+            "overdue_count": _overdue(analyses).count(),
         }
     return render(request, "home.html", context)
+
+
+def _overdue(analyses):
+    """Urgent results older than OUTCOME_OVERDUE_DAYS that nobody has recorded a confirmed diagnosis for, oldest
+    first: the loop to close."""
+    before = timezone.now() - timedelta(days=settings.OUTCOME_OVERDUE_DAYS)
+    return analyses.filter(
+        status=Analysis.Status.DONE,
+        risk_tier=Analysis.RiskTier.URGENT,
+        finished_at__lt=before,
+        outcomes__isnull=True,
+    ).order_by("finished_at", "pk")
 
 
 # Patients
@@ -414,17 +433,21 @@ def analysis_list(request):
     )
 
 
-@login_required
-def analysis_detail(request, pk: int):
-    analysis = get_for_clinic(request.user, Analysis.objects.select_related("image__case__patient", "opened_by"), pk=pk)
-    analysis.mark_opened(request.user)
-    audit.record(request, audit.Action.VIEWED, analysis)
+def _get_analysis(request, pk):
+    return get_for_clinic(
+        request.user, Analysis.objects.select_related("image__case__patient__clinic", "opened_by"), pk=pk
+    )
+
+
+def _analysis_page(request, analysis, outcome_form=None, status=200):
     report_ready = analysis.has_report
     report_pending = analysis.status == Analysis.Status.DONE and not report_ready
     if report_pending and timezone.now() - analysis.finished_at > Analysis.REPORT_WAIT:
         # A worker writes the report within seconds of the result; this one was lost or never written
         # (seeded demo data), so ask for it now.
         report_pending = request_report(analysis.pk)
+    done = analysis.status == Analysis.Status.DONE
+    outcomes = list(analysis.outcomes.select_related("recorded_by")) if done else []
     return render(
         request,
         "analyses/detail.html",
@@ -438,9 +461,47 @@ def analysis_detail(request, pk: int):
             "tier_reason": tier_reason(analysis),
             "malignant_classes": MALIGNANT,
             "flagged_warning": FLAGGED_WARNING,
-            "similar": similar_lesions(analysis) if analysis.status == Analysis.Status.DONE else [],
+            "similar": similar_lesions(analysis) if done else [],
+            "outcome": outcomes[0] if outcomes else None,
+            "earlier_outcomes": outcomes[1:],
+            "outcome_form": outcome_form or (OutcomeForm(analysis=analysis, user=request.user) if done else None),
         },
+        status=status,
     )
+
+
+@login_required
+def analysis_detail(request, pk: int):
+    analysis = _get_analysis(request, pk)
+    analysis.mark_opened(request.user)
+    audit.record(request, audit.Action.VIEWED, analysis)
+    return _analysis_page(request, analysis)
+
+
+@login_required
+@require_POST
+def analysis_outcome(request, pk: int):
+    """Record what a biopsy, follow-up or experts found for a done analysis, or correct the last entry."""
+    analysis = _get_analysis(request, pk)
+    form = OutcomeForm(request.POST, analysis=analysis, user=request.user)
+    if analysis.status != Analysis.Status.DONE:  # the page offers no form then; the message heads it
+        messages.error(request, not_done_message(analysis))
+        return _analysis_page(request, analysis, status=409)
+    if not form.is_valid():
+        return _analysis_page(request, analysis, outcome_form=form, status=400)
+    correcting = analysis.outcomes.exists()
+    try:
+        outcome = record_outcome(analysis, request.user, **form.cleaned_data)
+    except AnalysisNotDone as refused:
+        form.add_error(None, str(refused))
+        return _analysis_page(request, analysis, outcome_form=form, status=409)
+    audit.record(request, audit.Action.CREATED, outcome)
+    messages.success(
+        request,
+        f"{'The correction' if correcting else 'The confirmed diagnosis'} was recorded: {outcome.diagnosis_words}. "
+        "The PDF report is being written again to include it.",
+    )
+    return redirect("analysis-detail", pk=analysis.pk)
 
 
 @login_required
@@ -488,6 +549,57 @@ def audit_log(request):
         request,
         "audit/list.html",
         {"page": _page(request, events, AUDIT_PAGE_SIZE), "filters": filters, "qs": query.urlencode()},
+    )
+
+
+# How the model does in this clinic, for the clinic's admin
+
+
+def clinic_for_admin(user, pk: int) -> Clinic:
+    """The user's clinic if `pk` names it and they are its admin: 404 for another clinic's (as for any record),
+    403 for a member who is not the admin."""
+    clinic = clinic_for(user)
+    if clinic is None or clinic.pk != pk:
+        raise Http404("No Clinic matches the given query.")
+    if user.membership.role != Membership.Role.CLINIC_ADMIN:
+        raise PermissionDenied("Only the clinic's admin reads how the model does in the clinic.")
+    return clinic
+
+
+def model_in_clinic(user, params) -> tuple[ClinicModelForm, dict]:
+    """The choices form (bound to `params`, a GET query) and the figures it chose over the user's clinic, for the
+    page and the API."""
+    analyses = for_clinic(user, Analysis)
+    versions = performance.versions_confirmed(analyses)
+    form = ClinicModelForm(params or None, versions=versions, default=performance.default_version(versions))
+    version, first, last = form.choices()
+    return form, performance.clinic_performance(analyses, version, first, last)
+
+
+@login_required
+def clinic_model(request, pk: int):
+    """ "The model in this clinic": over the analyses with a confirmed diagnosis, how the model did here, beside
+    what its model card measured on the HAM10000 test part."""
+    clinic = clinic_for_admin(request.user, pk)
+    form, figures = model_in_clinic(request.user, request.GET)
+    return render(
+        request,
+        "clinics/model.html",
+        {
+            "clinic": clinic,
+            "filters": form,
+            "figures": figures,
+            "plot": performance.reliability_plot(figures["clinic"]["reliability"]),
+            "matrix": zip(figures["classes"], figures["clinic"]["confusion_matrix"], strict=True),
+            "recalls": [
+                (
+                    name,
+                    figures["clinic"]["per_class_recall"][code],
+                    (figures["card"] or {}).get("per_class_recall", {}).get(code),
+                )
+                for code, name, _ in figures["classes"]
+            ],
+        },
     )
 
 

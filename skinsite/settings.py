@@ -342,6 +342,11 @@ QUEUED_RESEND_AFTER = env_int("QUEUED_RESEND_AFTER", 120)
 if QUEUED_RESEND_AFTER < 1:
     raise ImproperlyConfigured(f"QUEUED_RESEND_AFTER must be at least 1 second, got {QUEUED_RESEND_AFTER}")
 
+# The dashboard lists urgent results older than this many days that have no confirmed diagnosis yet.
+OUTCOME_OVERDUE_DAYS = env_int("OUTCOME_OVERDUE_DAYS", 30)
+if OUTCOME_OVERDUE_DAYS < 1:
+    raise ImproperlyConfigured(f"OUTCOME_OVERDUE_DAYS must be at least 1 day, got {OUTCOME_OVERDUE_DAYS}")
+
 # The model the workers serve, and its model card (read by the PDF reports, never typed in).
 SKINSITE_MODEL = SHIPPED_MODEL  # SKINSITE_MODEL in the environment, else ml/models/skinsite.tflite
 MODEL_METRICS = SKINSITE_MODEL.parent / "metrics.json"

@@ -23,7 +23,9 @@ urlpatterns = [
     path("analyses/<int:pk>/report.pdf", views.analysis_report, name="analysis-report"),
     path("analyses/<int:pk>/heatmap.png", views.analysis_heatmap, name="analysis-heatmap"),
     path("analyses/<int:pk>/fhir.json", views.analysis_fhir, name="analysis-fhir"),
+    path("analyses/<int:pk>/outcomes/", views.analysis_outcome, name="analysis-outcome"),
     path("audit/", views.audit_log, name="audit-log"),
+    path("clinics/<int:pk>/model/", views.clinic_model, name="clinic-model"),
     path("api/", include("analysis.api_urls")),
     # Before Django's own, which it replaces: the old password is checked through sign-in throttling.
     path("accounts/password_change/", views.PasswordChange.as_view(), name="password_change"),

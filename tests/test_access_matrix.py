@@ -24,7 +24,7 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Patient
+from analysis.models import Analysis, AuditEvent, Case, LesionImage, Membership, Outcome, Patient
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
@@ -100,7 +100,10 @@ MATRIX = {
     "analysis-report": (a("analysis"), CLINIC_ROW),
     "analysis-heatmap": (a("analysis"), CLINIC_ROW),
     "analysis-fhir": (a("analysis"), CLINIC_ROW),
+    "analysis-outcome": (a("analysis"), POST_ONLY),
     "audit-log": (none, CLINIC_ADMIN_ONLY),
+    # Clinic A's page: A's staff are refused (403), anyone outside A gets the 404 of a record not theirs.
+    "clinic-model": (a("clinic"), rule(SIGN_IN, 403, 404, 200, 404)),
     "api:api-root": (none, API_LIST),
     "api:token": (none, everyone(405)),  # POST only; tests/test_login_throttle.py
     "api:schema": (none, PUBLIC),  # describes the API, holds no data
@@ -119,6 +122,9 @@ MATRIX = {
     "api:analysis-fhir": (a("analysis"), API_ROW),
     "api:patient-fhir": (a("patient"), API_ROW),
     "api:audit-event-list": (none, rule(401, 403, 403, 200, 403)),
+    "api:outcome-list": (none, API_LIST),
+    "api:outcome-detail": (a("outcome"), API_ROW),
+    "api:clinic-performance": (a("clinic"), rule(401, 403, 403, 200, 403)),  # for a clinic admin only
     "login": (none, PUBLIC),
     "logout": (none, everyone(405)),  # POST only
     "password_change": (none, SIGNED_IN),
@@ -156,8 +162,18 @@ def clinic_world(name: str) -> SimpleNamespace:
     case = CaseFactory(patient=patient, clinician=staff, clinical_notes=f"notes of clinic {name}")
     image = LesionImageFactory(case=case, uploaded_by=staff)
     analysis = finish(AnalysisFactory(image=image), heatmap_png=png_bytes(), report=True)
+    outcome = Outcome.objects.create(
+        analysis=analysis, diagnosis="mel", method="histo", confirmed_on=timezone.localdate(), recorded_by=staff
+    )
     return SimpleNamespace(
-        clinic=clinic, staff=staff, admin=admin, patient=patient, case=case, image=image, analysis=analysis
+        clinic=clinic,
+        staff=staff,
+        admin=admin,
+        patient=patient,
+        case=case,
+        image=image,
+        analysis=analysis,
+        outcome=outcome,
     )
 
 
@@ -337,6 +353,9 @@ def test_no_api_list_holds_another_clinics_rows(world):
         "/api/analyses/": (a.analysis, b.analysis),
         f"/api/analyses/?patient={a.patient.pk}": (a.analysis, None),
         f"/api/analyses/?image={a.image.pk}": (a.analysis, None),
+        "/api/outcomes/": (a.outcome, b.outcome),
+        f"/api/outcomes/?analysis={a.analysis.pk}": (a.outcome, None),
+        f"/api/outcomes/?patient={a.patient.pk}": (a.outcome, None),
     }
     for url, (theirs, own) in lists.items():
         response = api.get(url)
@@ -359,6 +378,8 @@ def test_an_id_filter_answers_another_clinics_id_as_it_answers_a_missing_one(wor
         ("/api/cases/?patient={}", a.patient.pk),
         ("/api/analyses/?patient={}", a.patient.pk),
         ("/api/analyses/?image={}", a.image.pk),
+        ("/api/outcomes/?analysis={}", a.analysis.pk),
+        ("/api/outcomes/?patient={}", a.patient.pk),
     ):
         foreign, absent = api.get(url.format(theirs)), api.get(url.format(missing))
         assert (foreign.status_code, foreign.json()) == (absent.status_code, absent.json()), url
@@ -379,7 +400,11 @@ def fingerprint(w) -> tuple:
         Case.objects.count(),
         LesionImage.objects.count(),
         Analysis.objects.count(),
+        tuple(Outcome.objects.values_list("pk", "analysis", "diagnosis")),
     )
+
+
+OUTCOME = {"diagnosis": "nv", "method": "histo", "confirmed_on": "2026-11-01"}
 
 
 def page_writes(w) -> list[tuple]:
@@ -392,6 +417,7 @@ def page_writes(w) -> list[tuple]:
         ("post", reverse("case-close", args=[a.case.pk]), {}),
         ("post", reverse("case-reopen", args=[a.case.pk]), {}),
         ("post", reverse("case-upload", args=[a.case.pk]), {"images": "upload"}),
+        ("post", reverse("analysis-outcome", args=[a.analysis.pk]), OUTCOME),
     ]
 
 
@@ -410,6 +436,9 @@ def api_writes(w) -> list[tuple]:
         ("delete", f"/api/images/{a.image.pk}/", None, 405),
         ("post", "/api/analyses/", {"image": a.image.pk}, 405),
         ("delete", f"/api/analyses/{a.analysis.pk}/", None, 405),
+        ("post", "/api/outcomes/", {"analysis": a.analysis.pk, **OUTCOME}, 400),
+        ("patch", f"/api/outcomes/{a.outcome.pk}/", {"diagnosis": "nv"}, 405),
+        ("delete", f"/api/outcomes/{a.outcome.pk}/", None, 405),
     ]
 
 

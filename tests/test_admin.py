@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from analysis.models import AuditEvent, Case, LesionImage, Membership
+from analysis.models import AuditEvent, Case, LesionImage, Membership, Outcome
 from tests.factories import (
     AnalysisFactory,
     CaseFactory,
@@ -29,7 +29,10 @@ def superuser():
 @pytest.fixture
 def one_of_everything(superuser):
     MembershipFactory(user=superuser)
-    AnalysisFactory()
+    analysis = AnalysisFactory()
+    Outcome.objects.create(
+        analysis=analysis, diagnosis="mel", method="histo", confirmed_on=timezone.localdate(), recorded_by=superuser
+    )
     Group.objects.create(name="auditors")
     Token.objects.create(user=superuser)  # API tokens: platform admins can see and revoke them
     # Sign-in throttling (django-axes): platform admins see lockouts and lift them by deleting the attempt.

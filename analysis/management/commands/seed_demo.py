@@ -14,7 +14,8 @@ DEMO_USER = "demo"
 
 class Command(BaseCommand):
     help = (
-        "Fill a clinic with realistic fake patients, cases, images and finished analyses (no model run), "
+        "Fill a clinic with realistic fake patients, cases, images, finished analyses (no model run) and "
+        "confirmed diagnoses for part of them, "
         "so the pages can be tried at volume. Creates the clinic, and a staff account 'demo' if it has no members."
     )
 
@@ -33,8 +34,9 @@ class Command(BaseCommand):
         seeded = seed_clinic(clinic, user, patients, analyses, seed=seed)
         self.stdout.write(
             self.style.SUCCESS(
-                f"Added {seeded.patients} patients, {seeded.cases} cases, {seeded.images} images and "
-                f"{seeded.analyses} analyses to {clinic.name!r} in {time.perf_counter() - started:.1f} s."
+                f"Added {seeded.patients} patients, {seeded.cases} cases, {seeded.images} images, "
+                f"{seeded.analyses} analyses and {seeded.outcomes} confirmed diagnoses to {clinic.name!r} in "
+                f"{time.perf_counter() - started:.1f} s."
             )
         )
         if password:
