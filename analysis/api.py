@@ -15,7 +15,7 @@ from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
-from django.db.models import F
+from django.db.models import F, Prefetch
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -480,6 +480,17 @@ PROBABILITIES_SCHEMA = {
 }
 
 
+class ConfirmedDiagnosisSerializer(serializers.ModelSerializer):
+    """The confirmed diagnosis that counts for an analysis (its latest entry); the history is /api/outcomes/."""
+
+    diagnosis_words = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Outcome
+        fields = ["id", "diagnosis", "diagnosis_words", "method", "confirmed_on", "recorded_at"]
+        read_only_fields = fields
+
+
 class AnalysisSerializer(serializers.ModelSerializer):
     case = serializers.IntegerField(source="image.case_id", read_only=True)
     patient = serializers.IntegerField(source="image.case.patient_id", read_only=True)
@@ -488,6 +499,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
     heatmap = serializers.SerializerMethodField()
     flagged = serializers.SerializerMethodField()
     tier_reason = serializers.SerializerMethodField()
+    confirmed_diagnosis = serializers.SerializerMethodField()
 
     class Meta:
         model = Analysis
@@ -513,6 +525,7 @@ class AnalysisSerializer(serializers.ModelSerializer):
             "error",
             "report",
             "heatmap",
+            "confirmed_diagnosis",
         ]
         read_only_fields = fields
         extra_kwargs = {
@@ -525,6 +538,14 @@ class AnalysisSerializer(serializers.ModelSerializer):
                 "the single most likely class; null until done."
             },
         }
+
+    @extend_schema_field(ConfirmedDiagnosisSerializer(allow_null=True))
+    def get_confirmed_diagnosis(self, analysis: Analysis) -> dict | None:
+        """What a biopsy, follow-up or experts found, once recorded (the latest entry counts); null before."""
+        history = getattr(analysis, "outcome_history", None)
+        if history is None:
+            history = list(analysis.outcomes.all()[:1])
+        return ConfirmedDiagnosisSerializer(history[0]).data if history else None
 
     def get_tier_reason(self, analysis: Analysis) -> str:
         """Why the result is in its tier, in words, where the most likely class alone would tell another story
@@ -618,7 +639,11 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         # The patient and clinic too: a report's file name is made of them.
-        return for_clinic(self.request.user, Analysis).select_related("image__case__patient__clinic")
+        return (
+            for_clinic(self.request.user, Analysis)
+            .select_related("image__case__patient__clinic")
+            .prefetch_related(Prefetch("outcomes", queryset=Outcome.objects.all(), to_attr="outcome_history"))
+        )
 
     @extend_schema(
         responses=file_responses(

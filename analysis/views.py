@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Case as SqlCase
-from django.db.models import Count, Q, When
+from django.db.models import Count, Prefetch, Q, When
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -36,7 +36,7 @@ from analysis.forms import (
     ThrottledPasswordChangeForm,
     UploadForm,
 )
-from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Patient
+from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Membership, Outcome, Patient
 from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.reports import (
     DISCLAIMER,
@@ -76,7 +76,13 @@ LIST_FIELDS = [
 
 
 def _analyses(user):
-    return for_clinic(user, Analysis.objects.select_related("image__case__patient").only(*LIST_FIELDS))
+    # The confirmed diagnosis that counts is each history's first entry (Outcome's ordering: latest first).
+    latest_first = Prefetch(
+        "outcomes", queryset=Outcome.objects.only("analysis", "diagnosis", "other_diagnosis"), to_attr="outcome_history"
+    )
+    return for_clinic(
+        user, Analysis.objects.select_related("image__case__patient").only(*LIST_FIELDS).prefetch_related(latest_first)
+    )
 
 
 def _clinic(user):

@@ -71,6 +71,20 @@ def test_staff_record_a_confirmed_diagnosis_on_the_analysis_page(
     assert "Melanoma</strong>" in page and "Follow-up" in page and "Correct the confirmed diagnosis" in page
 
 
+def test_the_analyses_list_says_which_results_have_a_confirmed_diagnosis(client, staff, case, analysis, render):
+    from tests.factories import finish
+
+    unconfirmed = finish(AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)))
+    record_outcome(analysis, staff, **entry(diagnosis="nv"))
+    record_outcome(analysis, staff, **entry(diagnosis="bcc"))  # the correction counts
+    client.force_login(staff)
+    rows = client.get(reverse("analysis-list")).content.decode().split("<tr>")
+    row = next(r for r in rows if f'href="{reverse("analysis-detail", args=[analysis.pk])}"' in r)
+    other = next(r for r in rows if f'href="{reverse("analysis-detail", args=[unconfirmed.pk])}"' in r)
+    assert "confirmed: Basal cell carcinoma" in row and "confirmed: Melanocytic" not in row
+    assert "confirmed:" not in other
+
+
 def test_the_form_says_which_class_the_common_diagnoses_belong_to(client, staff, analysis):
     client.force_login(staff)
     page = client.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
@@ -100,6 +114,28 @@ def test_a_correction_keeps_the_earlier_entry_and_the_latest_counts(client, staf
     page = client.get(reverse("analysis-detail", args=[analysis.pk])).content.decode()
     assert "<strong>Invasive squamous cell carcinoma</strong>" in page
     assert "Earlier entries, corrected since (1)" in page and "Melanocytic nevus" in page
+
+
+def test_an_analysis_in_the_api_carries_the_diagnosis_that_counts(api, staff, case, analysis, render):
+    from tests.factories import finish
+
+    unconfirmed = finish(AnalysisFactory(image=LesionImageFactory(case=case, uploaded_by=staff)))
+    detail = reverse("api:analysis-detail", args=[analysis.pk])
+    assert api.get(detail).json()["confirmed_diagnosis"] is None
+    post(api, analysis, diagnosis="nv", method="follow_up")
+    post(api, analysis, diagnosis="mel")  # the correction counts
+    confirmed = api.get(detail).json()["confirmed_diagnosis"]
+    latest = Outcome.objects.filter(analysis=analysis).first()
+    assert confirmed == {
+        "id": latest.pk,
+        "diagnosis": "mel",
+        "diagnosis_words": "Melanoma",
+        "method": "histo",
+        "confirmed_on": str(A_WEEK_AGO),
+        "recorded_at": api.get(reverse("api:outcome-detail", args=[latest.pk])).json()["recorded_at"],
+    }
+    listed = {row["id"]: row["confirmed_diagnosis"] for row in api.get(reverse("api:analysis-list")).json()["results"]}
+    assert listed[analysis.pk]["diagnosis"] == "mel" and listed[unconfirmed.pk] is None
 
 
 @pytest.mark.parametrize(
