@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Case as SqlCase
-from django.db.models import Count, Prefetch, Q, When
+from django.db.models import Count, OuterRef, Q, Subquery, When
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -76,12 +76,16 @@ LIST_FIELDS = [
 
 
 def _analyses(user):
-    # The confirmed diagnosis that counts is each history's first entry (Outcome's ordering: latest first).
-    latest_first = Prefetch(
-        "outcomes", queryset=Outcome.objects.only("analysis", "diagnosis", "other_diagnosis"), to_attr="outcome_history"
-    )
+    # The confirmed diagnosis that counts (the latest entry), in the same query as the rows.
+    latest = Outcome.objects.filter(analysis=OuterRef("pk")).order_by("-recorded_at", "-pk")
     return for_clinic(
-        user, Analysis.objects.select_related("image__case__patient").only(*LIST_FIELDS).prefetch_related(latest_first)
+        user,
+        Analysis.objects.select_related("image__case__patient")
+        .only(*LIST_FIELDS)
+        .annotate(
+            confirmed_diagnosis=Subquery(latest.values("diagnosis")[:1]),
+            confirmed_other=Subquery(latest.values("other_diagnosis")[:1]),
+        ),
     )
 
 

@@ -1,6 +1,7 @@
 from django import template
 
 from analysis import reports
+from analysis.classes import CLASS_NAMES
 
 register = template.Library()
 
@@ -29,3 +30,9 @@ def rate(figure) -> str:
     low, high = figure["ci95"]
     counted = f"{figure['hits']} of {figure['n']}: " if "classes" not in figure else f"{figure['classes']} classes: "
     return f"{counted}{figure['value']:.1%} (95% interval {low * 100:.1f}–{high * 100:.1f}%)"
+
+
+@register.filter
+def class_name(code: str) -> str:
+    """A class's name from its code (mel -> Melanoma)."""
+    return CLASS_NAMES.get(code, code)
