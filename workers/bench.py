@@ -134,6 +134,8 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
         render.append((time.perf_counter() - t0) * 1000)
     rss = {pid: _rss_mb(pid) for w in workers for pid in w.pool_pids()}
     load_seconds = [s for i in range(args.workers) for s in warm_up_seconds(tmp / f"worker{i}.log")]
+    logs = [tmp / f"worker{i}.log" for i in range(args.workers)]
+    analyse_ms, report_ms = task_ms(logs, "analyse"), task_ms(logs, "render_report")
 
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     print(f"warm latency, submit to done ({len(latencies)} one at a time): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
@@ -151,6 +153,12 @@ def run(args, tmp: Path, stack: ExitStack) -> None:
         f"queue + database + image I/O overhead: {p50 - explain:.1f} ms per analysis "
         f"(latency p50 minus the worker's computation); latency/model ratio {p50 / model['batch1_p50_ms']:.2f}"
     )
+    if analyse_ms:
+        print(
+            f"inside a worker pool process: analyse p50 {statistics.median(analyse_ms):.1f} ms "
+            f"({len(analyse_ms)} tasks), render_report p50 {statistics.median(report_ms or [float('nan')]):.0f} ms "
+            f"({len(report_ms)} tasks)"
+        )
     for i, seconds in enumerate(load_seconds):
         print(f"worker {i}: model loaded and warmed up in {seconds:.2f} s")
     print(f"PDF report render: median {statistics.median(render):.0f} ms over {len(render)} reports")
@@ -171,6 +179,13 @@ def explanation_ms(images: list[Path]) -> float:
         explanation_of(picture)
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times[3:] or times)
+
+
+def task_ms(log_files: list[Path], task: str) -> list[float]:
+    """How long each run of ``task`` took inside a worker pool process, from Celery's "succeeded in S s" log lines:
+    the rest of submit-to-done is the queue, the worker's main process and the submitting side."""
+    pattern = re.compile(rf"Task workers\.tasks\.{task}\[[^]]+\] succeeded in ([0-9.e-]+)s")
+    return [float(s) * 1000 for f in log_files for s in pattern.findall(f.read_text(errors="replace"))]
 
 
 def warm_up_seconds(log_file: Path) -> list[float]:
