@@ -17,7 +17,7 @@ import httpx
 import pytest
 from botocore.config import Config
 from django.core.files.storage import default_storage
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from analysis.models import Analysis, LesionImage
@@ -282,3 +282,80 @@ def test_a_bad_object_store_setting_stops_start_up_and_names_it(env, message):
 
 def test_without_s3_bucket_the_files_stay_in_the_local_folder(settings):
     assert settings.STORAGES["default"]["BACKEND"] == "django.core.files.storage.FileSystemStorage"
+
+
+# Moving a one-machine install's media folder into the bucket
+
+
+@pytest.fixture
+def media_folder(tmp_path, case, staff, bucket) -> dict[str, bytes]:
+    """A local media folder as a one-machine install leaves it, its files on record in the database."""
+    from tests.factories import AnalysisFactory
+
+    files = {
+        "lesions/a1.jpg": jpeg_upload("a.jpg", (100, 80)).read(),
+        "heatmaps/h1.png": b"\x89PNG\r\n\x1a\n a heatmap",
+        "reports/r1.pdf": b"%PDF-1.4 a report",
+        "demo/lesion-0.jpg": jpeg_upload("d.jpg", (90, 70)).read(),
+    }
+    for name, data in files.items():
+        (tmp_path / "old-media" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "old-media" / name).write_bytes(data)
+    # Rows as they are on disk: the names only (saving through a factory would store new files).
+    analysis = AnalysisFactory(image__case=case, image__uploaded_by=staff)
+    LesionImage.objects.filter(pk=analysis.image_id).update(image="lesions/a1.jpg")
+    Analysis.objects.filter(pk=analysis.pk).update(heatmap="heatmaps/h1.png", report="reports/r1.pdf")
+    default_storage.delete(analysis.image.image.name)  # the factory's own file, in the bucket already
+    return files
+
+
+def move(source) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("media_to_bucket", "--source", str(source), stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_media_to_bucket_copies_every_file_under_its_name_and_verifies_it(bucket, media_folder, tmp_path):
+    out, _ = move(tmp_path / "old-media")
+
+    assert bucket.names() == sorted(media_folder)
+    for name, data in media_folder.items():
+        assert bucket.body(name) == data
+    assert "4 copied, 0 already in the bucket, 0 different, 0 named by the database but not in the bucket" in out
+    assert "OK: every file" in out
+    analysis = Analysis.objects.get()
+    assert analysis.has_report and analysis.has_heatmap  # the rows' names now find their files
+
+
+def test_media_to_bucket_run_again_copies_nothing_and_says_ok(bucket, media_folder, tmp_path):
+    move(tmp_path / "old-media")
+    out, _ = move(tmp_path / "old-media")
+
+    assert "0 copied, 4 already in the bucket, 0 different" in out and "OK: every file" in out
+    assert bucket.names() == sorted(media_folder)
+
+
+def test_media_to_bucket_never_overwrites_other_bytes_under_a_name_and_fails(bucket, media_folder, tmp_path):
+    bucket.client.put_object(Bucket=bucket.name, Key="reports/r1.pdf", Body=b"%PDF-1.4 another report")
+
+    with pytest.raises(CommandError, match="not every file is in the bucket"):
+        move(tmp_path / "old-media")
+
+    assert bucket.body("reports/r1.pdf") == b"%PDF-1.4 another report"
+    assert set(bucket.names()) == set(media_folder)  # the others were copied
+
+
+def test_media_to_bucket_fails_when_a_file_on_record_is_in_neither_place(bucket, media_folder, tmp_path):
+    (tmp_path / "old-media" / "heatmaps" / "h1.png").unlink()
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("media_to_bucket", "--source", str(tmp_path / "old-media"), stdout=out, stderr=err)
+
+    assert "1 named by the database but not in the bucket" in out.getvalue()
+    assert "heatmaps/h1.png: named by the database" in err.getvalue()
+
+
+def test_media_to_bucket_refuses_to_run_without_a_bucket(tmp_path):
+    with pytest.raises(CommandError, match="set S3_BUCKET"):
+        move(tmp_path)
