@@ -208,6 +208,14 @@ def test_a_report_missing_from_the_bucket_is_a_404_that_asks_the_workers_for_it(
     send.assert_called_once_with(tasks.render_report, analysed.pk)
 
 
+@pytest.fixture
+def store_out_of_reach(bucket, settings):
+    """The bucket's settings, but nothing listens at the endpoint: connections are refused, as when the store's
+    host is away."""
+    with mock.patch.dict("os.environ", {"S3_ENDPOINT_URL": f"http://127.0.0.1:{stack.free_port()}"}):
+        settings.STORAGES = {**settings.STORAGES, "default": s3_storage(bucket.name)}
+
+
 def test_a_store_out_of_reach_makes_the_worker_retry_rather_than_fail_the_image(staff, case, bucket, settings):
     from celery.exceptions import Retry
 
@@ -215,7 +223,7 @@ def test_a_store_out_of_reach_makes_the_worker_retry_rather_than_fail_the_image(
         "/api/images/", {"case": case.pk, "image": jpeg_upload("a.jpg", (120, 90))}, format="multipart"
     )
     analysis_id = response.json()["analysis"]["id"]
-    # Nothing listens there: connections are refused, as when the store's host is away.
+    # Now the store goes away.
     with mock.patch.dict("os.environ", {"S3_ENDPOINT_URL": f"http://127.0.0.1:{stack.free_port()}"}):
         settings.STORAGES = {**settings.STORAGES, "default": s3_storage(bucket.name)}
 
@@ -224,6 +232,27 @@ def test_a_store_out_of_reach_makes_the_worker_retry_rather_than_fail_the_image(
 
     assert retry.called
     assert Analysis.objects.get(pk=analysis_id).status == "queued"  # put back for the retry, not failed
+
+
+def test_an_api_upload_while_the_store_is_out_of_reach_is_a_503_to_retry_and_saves_nothing(
+    staff, case, store_out_of_reach
+):
+    response = client_for(staff).post(
+        "/api/images/", {"case": case.pk, "image": jpeg_upload("a.jpg", (120, 90))}, format="multipart"
+    )
+
+    assert response.status_code == 503 and response["Retry-After"]
+    assert "file store cannot be reached" in response.json()["detail"]
+    assert not LesionImage.objects.exists() and not Analysis.objects.exists()
+
+
+def test_a_page_upload_while_the_store_is_out_of_reach_is_a_503_to_retry(client, staff, case, store_out_of_reach):
+    client.force_login(staff)
+
+    response = client.post(reverse("case-upload", args=[case.pk]), {"images": jpeg_upload("a.jpg", (120, 90))})
+
+    assert response.status_code == 503 and b"file store cannot be reached" in response.content
+    assert not LesionImage.objects.exists()
 
 
 def test_the_analyze_command_stores_its_images_in_the_bucket(case, bucket, tmp_path, no_local_media):
