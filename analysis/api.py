@@ -32,7 +32,7 @@ from analysis import audit, fhir, storage
 from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_clinic
 from analysis.classes import CLASS_CODES
 from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
-from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, STORAGE_UNAVAILABLE
+from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from analysis.models import Analysis, AuditEvent, Case, LesionImage, Patient
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import tier_reason
@@ -65,7 +65,7 @@ class DatabaseUnavailable(APIException):
 
 class StorageUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = STORAGE_UNAVAILABLE
+    default_detail = storage.UNREACHABLE_MESSAGE
     default_code = "storage_unavailable"
 
 

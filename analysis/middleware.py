@@ -75,9 +75,6 @@ RETRY_AFTER_SECONDS = 5
 DATABASE_UNAVAILABLE = (
     "The database is unavailable for a moment, so nothing was saved. Please try again in a few seconds."
 )
-STORAGE_UNAVAILABLE = (
-    "The file store cannot be reached for a moment, so nothing was saved. Please try again in a few seconds."
-)
 
 
 def database_unavailable(get_response):
@@ -90,7 +87,7 @@ def database_unavailable(get_response):
 
     def process_exception(request, exception):
         if isinstance(exception, storage.UNREACHABLE):
-            return database_unavailable_response(request, exception, STORAGE_UNAVAILABLE)
+            return database_unavailable_response(request, exception, storage.UNREACHABLE_MESSAGE)
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
         return database_unavailable_response(request, exception)

@@ -12,3 +12,9 @@ from botocore.exceptions import HTTPClientError
 # botocore's: the endpoint could not be reached, or the connection dropped or timed out mid-request (after its own
 # retries). Some of them are OSErrors too, so callers catch these before OSError.
 UNREACHABLE: tuple[type[Exception], ...] = (S3ConnectionError, HTTPClientError)
+
+# What the web answers meanwhile (a 503 with Retry-After, analysis/middleware.py and analysis/api.py): the upload's
+# transaction was rolled back, so sending it again is safe.
+UNREACHABLE_MESSAGE = (
+    "The file store cannot be reached for a moment, so nothing was saved. Please try again in a few seconds."
+)
