@@ -40,7 +40,6 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from tests import stack
@@ -424,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         speedup = two / one
         say(f"throughput: 1 worker host {one:.2f}/s, 2 worker hosts {two:.2f}/s, {speedup:.2f}x")
 
-        uploader = cut_during_stream(network, hosts[1], base_url, tenant, stream_images, cut_after, args.interval)
+        uploader, held = cut_during_stream(
+            network, workers["worker2"], base_url, tenant, stream_images, cut_after, args.interval, args.work
+        )
         result = stack.wait_for_results(uploader.acknowledged, args.timeout)
         time.sleep(2)  # a late duplicate would show up as a second attempt or analysis
         result = stack.tally(uploader.acknowledged)
@@ -447,8 +448,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  not readable: {problem}")
         for error in uploader.errors[:5]:
             say(f"  not acknowledged: {error}")
+        if not held:
+            say("the cut host held no analysis: the cut tested nothing")
         ok = (
-            result.ok
+            bool(held)
+            and result.ok
             and result.submitted == len(stream_images)
             and not uploader.errors
             and not unreadable
@@ -474,26 +478,71 @@ def make_bucket(s3_env: dict[str, str]) -> None:
     ).create_bucket(Bucket=s3_env["S3_BUCKET"])
 
 
+def descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        try:
+            pids = [int(child) for child in children.read_text().split()]
+        except OSError:
+            continue
+        found += pids
+        frontier += pids
+    return found
+
+
+def in_stand_in_work(worker: HostProcess) -> bool:
+    """Whether a process of the worker sleeps in an analysis's stand-in work (tests/fault_injection): the one place a
+    worker sleeps, and it does so after claiming the analysis and before storing its result."""
+    for pid in descendants(worker.process.pid):
+        try:
+            if "nanosleep" in Path(f"/proc/{pid}/wchan").read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def cut_during_stream(
-    network: Network, victim: Host, base_url: str, tenant: stack.Tenant, images: list[Path], cut_after: int, interval
-) -> stack.Uploader:
-    """Submit the stream; once `cut_after` uploads are acknowledged and both workers are running an analysis, cut
-    the victim's link at the switch. Returns when every upload has been answered."""
+    network: Network,
+    victim: HostProcess,
+    base_url: str,
+    tenant: stack.Tenant,
+    images: list[Path],
+    cut_after: int,
+    interval: float,
+    work: float,
+) -> tuple[stack.Uploader, list[int]]:
+    """Submit the stream; once `cut_after` uploads are acknowledged, cut the victim's link at the switch at a moment
+    it is inside an analysis (with --work 0, when both workers run one). Returns when every upload is answered, with
+    the analyses the victim held."""
+    from django.utils import timezone
+
     from analysis.models import Analysis
     from tests.faults.common import Stream
 
     uploader = stack.Uploader(base_url, tenant.token)
     stream = Stream(uploader, tenant.cases[0], images, interval).start()
     stack.wait_until(lambda: len(uploader.acknowledged) >= cut_after, 300, f"{cut_after} acknowledged uploads")
-    stack.wait_until(lambda: Analysis.objects.filter(status="running").count() >= 2, 60, "both workers running")
-    network.cut(victim)
-    running = list(Analysis.objects.filter(status="running").values_list("pk", flat=True))
+    if work > 0:
+        stack.wait_until(lambda: in_stand_in_work(victim), 60, f"{victim.host.name} inside an analysis", 0.01)
+    else:
+        stack.wait_until(lambda: Analysis.objects.filter(status="running").count() >= 2, 60, "both workers running")
+    network.cut(victim.host)
     say(
-        f"cut {victim.name}'s link at {datetime.now():%H:%M:%S} after {len(uploader.acknowledged)} acknowledged "
-        f"uploads, while analyses {running} ran"
+        f"cut {victim.host.name}'s link after {len(uploader.acknowledged)} acknowledged uploads, while it ran an analysis"
     )
+    cut_at = timezone.now()
+    # The proof: an analysis claimed before the cut and still running well after one takes (about a second and a
+    # half on the survivor), until the survivor's sweeper takes it back after the hard time limit.
+    time.sleep(3 + 2 * work)
+    held = list(
+        Analysis.objects.filter(status="running", started_at__lte=cut_at).values_list("pk", flat=True).order_by("pk")
+    )
+    say(f"{victim.host.name} held analyses {held} when it was cut off")
     stream.join()
-    return uploader
+    return uploader, held
 
 
 if __name__ == "__main__":
