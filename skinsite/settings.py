@@ -210,7 +210,7 @@ def s3_storage(bucket: str) -> dict:
     if (access_key is None) != (secret_key is None):
         raise ImproperlyConfigured("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY are set together, or neither")
     return {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        "BACKEND": "analysis.bucket.PrivateS3Storage",
         "OPTIONS": {
             "bucket_name": bucket,
             "endpoint_url": endpoint,
@@ -218,12 +218,10 @@ def s3_storage(bucket: str) -> dict:
             # Neither set: boto3's own chain (AWS_ACCESS_KEY_ID..., an instance or task role).
             "access_key": access_key,
             "secret_key": secret_key,
-            # A private bucket: no ACL is sent (the bucket's own, private, applies), and any URL the backend made
-            # would be signed and short-lived. None is made: clients get every file through the views that
-            # check the clinic (analysis/views.py), which stream it from the store.
+            # A private bucket: no ACL is sent, so the bucket's own (private) applies to every file. No URL into it
+            # is ever made (PrivateS3Storage.url): clients get every file through the views that check the clinic.
             "default_acl": None,
             "querystring_auth": True,
-            "querystring_expire": 60,
             # As the local folder: a name already taken gets a new one rather than replacing a patient's file.
             "file_overwrite": False,
             # botocore's client settings (the backend's own addressing and signature options are read only

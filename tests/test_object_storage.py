@@ -92,7 +92,7 @@ def sha256(data: bytes) -> str:
 
 def test_the_default_storage_is_the_bucket(bucket):
     assert default_storage.bucket_name == bucket.name
-    assert type(default_storage._wrapped).__name__ == "S3Storage"
+    assert type(default_storage._wrapped).__name__ == "PrivateS3Storage"
 
 
 def test_an_upload_through_the_page_lands_in_the_bucket_and_nowhere_else(client, staff, case, bucket, no_local_media):
@@ -196,6 +196,25 @@ def test_no_page_or_answer_points_at_the_bucket_and_the_bucket_refuses_anonymous
         grants = bucket.client.get_object_acl(Bucket=bucket.name, Key=key)["Grants"]
         assert [g["Permission"] for g in grants] == ["FULL_CONTROL"]  # the owner's only: nothing public
         assert httpx.get(f"{s3_endpoint}/{bucket.name}/{key}").status_code == 403
+
+
+def test_no_stored_file_has_a_url_into_the_bucket_the_admin_included(client, analysed, bucket, django_user_model):
+    # The admin links a stored file by its url(): it must lead nowhere, as the local folder's does.
+    name = analysed.image.image.name
+    assert default_storage.url(name) == f"/private-media/{name}"
+    platform_admin = django_user_model.objects.create_superuser("platform", password="x")
+    client.force_login(platform_admin)
+
+    pages = [
+        client.get(reverse("admin:analysis_lesionimage_change", args=[analysed.image_id])),
+        client.get(reverse("admin:analysis_analysis_change", args=[analysed.pk])),
+    ]
+
+    for page in pages:
+        assert page.status_code == 200
+        assert bucket.endpoint.encode() not in page.content and b"X-Amz-" not in page.content
+        assert b"/private-media/" in page.content  # the link is there, to nowhere
+    assert client.get(default_storage.url(name)).status_code == 404
 
 
 def test_a_report_missing_from_the_bucket_is_a_404_that_asks_the_workers_for_it(staff, analysed, bucket):
