@@ -6,7 +6,7 @@ WEB_PORT ?= 8000
 # The Procfile's `python` and `celery` are the virtualenv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test test-fast lint fmt migrate bench load faults
+.PHONY: run test test-fast lint fmt migrate bench load faults multihost
 
 # The service alone (no TensorFlow) for `make run`; everything (training, tests) for the other targets.
 $(VENV)/.installed: requirements.txt
@@ -59,3 +59,8 @@ faults: $(VENV)/.installed-all
 	$(BIN)/python -m tests.faults.worker_kill
 	$(BIN)/python -m tests.faults.redis_outage
 	$(BIN)/python -m tests.faults.postgres_restart
+
+# Web, data and two worker hosts in network namespaces (root and `ip netns`), files in an S3 bucket; one worker host
+# cut off during 100 submissions; prints the counts and the throughput with 1 and 2 worker hosts.
+multihost: $(VENV)/.installed-all
+	$(BIN)/python -m tests.multihost $(MULTIHOST_ARGS)

@@ -36,7 +36,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from analysis import audit, fhir
+from analysis import audit, fhir, storage
 from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_clinic
 from analysis.classes import CLASS_CODES
 from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
@@ -74,14 +74,21 @@ class DatabaseUnavailable(APIException):
     default_code = "database_unavailable"
 
 
+class StorageUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = storage.UNREACHABLE_MESSAGE
+    default_code = "storage_unavailable"
+
+
 def api_exception_handler(exc, context):
     """DRF's handler, plus Django's request-size errors answered as JSON instead of an HTML 400, and a database
-    that cannot be reached (restarting, failing over) as a 503 the client can retry instead of a 500. A 404 for
-    another clinic's record is recorded in the audit trail, and answered as any 404."""
+    or object store that cannot be reached (restarting, failing over) as a 503 the client can retry instead of a
+    500. A 404 for another clinic's record is recorded in the audit trail, and answered as any 404."""
     if isinstance(exc, OtherClinicsRecord):
         audit.record_other_clinics(context["request"], exc)
-    if isinstance(exc, OperationalError | InterfaceError):
-        response = exception_handler(DatabaseUnavailable(), context)
+    if isinstance(exc, (OperationalError, InterfaceError, *storage.UNREACHABLE)):
+        unavailable = StorageUnavailable() if isinstance(exc, storage.UNREACHABLE) else DatabaseUnavailable()
+        response = exception_handler(unavailable, context)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
     if isinstance(exc, RequestDataTooBig):

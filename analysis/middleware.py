@@ -1,6 +1,6 @@
 """Staff read dates and times in their clinic's time zone, whatever the server's; no cache keeps what a
 signed-in user was answered; a page asked for another clinic's record is audited; a database that is away
-for a moment is a 503 to retry, not a 500."""
+for a moment is a 503 to retry, not a 500, and so is an object store out of reach (analysis/storage.py)."""
 
 import logging
 import sys
@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from django.views import defaults
 
-from analysis import audit
+from analysis import audit, storage
 from analysis.access import OtherClinicsRecord, clinic_for
 
 
@@ -86,6 +86,8 @@ def database_unavailable(get_response):
         return get_response(request)
 
     def process_exception(request, exception):
+        if isinstance(exception, storage.UNREACHABLE):
+            return database_unavailable_response(request, exception, storage.UNREACHABLE_MESSAGE)
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
         return database_unavailable_response(request, exception)
@@ -94,10 +96,10 @@ def database_unavailable(get_response):
     return middleware
 
 
-def database_unavailable_response(request, exception: Exception) -> HttpResponse:
-    log.warning("database unavailable during %s %s: %s", request.method, request.path, exception)
+def database_unavailable_response(request, exception: Exception, message: str = DATABASE_UNAVAILABLE) -> HttpResponse:
+    log.warning("unavailable during %s %s: %s", request.method, request.path, exception)
     return HttpResponse(
-        f"<!doctype html><title>Please try again</title><h1>Please try again</h1><p>{DATABASE_UNAVAILABLE}</p>",
+        f"<!doctype html><title>Please try again</title><h1>Please try again</h1><p>{message}</p>",
         status=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )

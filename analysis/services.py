@@ -14,6 +14,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from analysis import storage
 from analysis.models import Analysis, Case, LesionImage
 from analysis.uploads import UploadRejected, refuse_duplicate
 
@@ -38,7 +39,7 @@ def removing_files_on_failure():
         yield
     except BaseException:
         for name in names:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, *storage.UNREACHABLE):
                 default_storage.delete(name)
         raise
     finally:

@@ -195,8 +195,56 @@ for _static in [STATIC_ROOT, *STATICFILES_DIRS]:
         # WhiteNoise would serve patient images to anyone who guessed a name.
         raise ImproperlyConfigured(f"MEDIA_ROOT ({MEDIA_ROOT}) must not overlap a static files folder ({_static})")
 
+
+def s3_storage(bucket: str) -> dict:
+    """The S3 backend of django-storages (boto3) for an S3-compatible store: AWS S3, MinIO, any other."""
+    from botocore.config import Config
+
+    endpoint = os.environ.get("S3_ENDPOINT_URL", "").strip() or None
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImproperlyConfigured(f"S3_ENDPOINT_URL must look like https://host[:port], got {endpoint!r}")
+    access_key = os.environ.get("S3_ACCESS_KEY_ID", "").strip() or None
+    secret_key = os.environ.get("S3_SECRET_ACCESS_KEY", "").strip() or None
+    if (access_key is None) != (secret_key is None):
+        raise ImproperlyConfigured("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY are set together, or neither")
+    return {
+        "BACKEND": "analysis.bucket.PrivateS3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": endpoint,
+            "region_name": os.environ.get("S3_REGION", "").strip() or None,
+            # Neither set: boto3's own chain (AWS_ACCESS_KEY_ID..., an instance or task role).
+            "access_key": access_key,
+            "secret_key": secret_key,
+            # A private bucket: no ACL is sent, so the bucket's own (private) applies to every file. No URL into it
+            # is ever made (PrivateS3Storage.url): clients get every file through the views that check the clinic.
+            "default_acl": None,
+            "querystring_auth": True,
+            # As the local folder: a name already taken gets a new one rather than replacing a patient's file.
+            "file_overwrite": False,
+            # botocore's client settings (the backend's own addressing and signature options are read only
+            # without these). MinIO and other self-hosted stores answer on one host name, not one per bucket;
+            # fail in seconds when the store is away (a web request answers, a worker retries its task) rather
+            # than after botocore's default minute.
+            "client_config": Config(
+                s3={"addressing_style": "path" if endpoint else "auto"},
+                signature_version="s3v4",
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        },
+    }
+
+
+# Where images, heatmaps and reports are kept: MEDIA_ROOT on this machine, or, with S3_BUCKET set, a bucket of an
+# S3-compatible object store that the web and every worker host reach over the network. Every read and write goes
+# through Django's storage API (default_storage, FieldFile), so the code is the same for both.
+S3_BUCKET = os.environ.get("S3_BUCKET", "").strip()
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": s3_storage(S3_BUCKET) if S3_BUCKET else {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 

@@ -17,6 +17,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 from PIL import Image, UnidentifiedImageError
 
+from analysis import storage
 from analysis.models import Analysis
 from ml.serve.preprocess import load_image
 from workers import sweeper
@@ -24,8 +25,8 @@ from workers.celery import app
 
 log = logging.getLogger(__name__)
 
-# Worth retrying: the database or the broker blinked. Anything else is a property of the job itself.
-TRANSIENT = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+# Worth retrying: the database, the broker or the object store blinked. Anything else is a property of the job itself.
+TRANSIENT = (OperationalError, InterfaceError, BrokerError, ConnectionError, *storage.UNREACHABLE)
 UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
 
 
@@ -98,6 +99,8 @@ def analyse(self, analysis_id: int) -> str:
             # The prediction, the heatmap of its class and the check that the image is what the model was made
             # for, stored with the result in the same step.
             prediction, quality_flags, heatmap_png = explanation_of(picture)
+        except storage.UNREACHABLE:
+            raise  # some are OSErrors, but the image is not at fault: retried below
         except UNREADABLE as error:
             analysis.fail(f"The image could not be read as a picture ({type(error).__name__}: {error})"[:500])
             return "failed: unreadable image"
