@@ -255,8 +255,21 @@ class AnalysisAdmin(ClinicRecordAdmin):
         return [*fields, "image"] if obj else fields
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records nobody adds, changes or deletes here, superusers included: they are kept as written."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Outcome)
-class OutcomeAdmin(ClinicRecordAdmin):
+class OutcomeAdmin(ReadOnlyAdmin, ClinicRecordAdmin):
     """Confirmed diagnoses, to read: clinic staff record them (on the analysis page or through the API), and an
     entry is never changed or deleted; a correction is a new entry."""
 
@@ -275,18 +288,9 @@ class OutcomeAdmin(ClinicRecordAdmin):
     search_fields = ["analysis__image__case__patient__name", "analysis__image__case__patient__mrn", "other_diagnosis"]
     date_hierarchy = "recorded_at"
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """Every clinic's trail, to read and search; nobody adds, changes or deletes an event, superusers included."""
 
     list_display = [
@@ -304,12 +308,3 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_select_related = ["clinic", "record_clinic"]
     search_fields = ["username", "description", "ip_address", "path"]
     date_hierarchy = "at"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

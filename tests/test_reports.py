@@ -128,6 +128,18 @@ def test_the_report_prints_the_clinics_local_times_as_the_page_and_fhir_do(done_
     assert fhir.instant(analysis.finished_at, ZoneInfo(clinic.time_zone)) == "2026-12-08T00:30:40+14:00"
 
 
+@pytest.mark.parametrize("image_number", [7, 99_999])
+def test_the_clinics_zone_is_never_broken_across_lines(done_analysis, image_number):
+    # A longer image number moves the line's end to the zone's slash; the name must stay one piece.
+    clinic = done_analysis.image.case.patient.clinic
+    clinic.time_zone = "America/Argentina/ComodRivadavia"
+    clinic.save()
+    analysis = Analysis.objects.get(pk=done_analysis.pk)
+    analysis.image.pk = image_number
+    text = body_text(reports.render_pdf(analysis))
+    assert text.count("America/Argentina/ComodRivadavia") == 2  # analysed ..., and taken or uploaded ...
+
+
 SUBGROUPS = {
     "body_site": [
         group("back", 62, 39, 405, 0.7654),
