@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-images", type=int, default=20, help="submissions per throughput batch")
     parser.add_argument("--cut-after", type=int, default=None, help="acknowledged uploads before the cut (half)")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between the submissions")
-    parser.add_argument("--work", type=float, default=1.0, help="seconds each analysis holds its worker on top")
+    parser.add_argument("--work", type=float, default=0.4, help="seconds each analysis holds its worker on top")
     parser.add_argument("--min-speedup", type=float, default=1.7, help="2 hosts' throughput over 1 host's")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the results at most")
     parser.add_argument("--logs", type=Path, help="copy every host's logs into this folder at the end")
