@@ -41,7 +41,7 @@ from analysis.access import OtherClinicsRecord, clinic_for, for_clinic, get_for_
 from analysis.classes import CLASS_CODES
 from analysis.forms import DayRangeFilterForm, StrictBooleanField, within_days
 from analysis.middleware import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from analysis.models import Analysis, AuditEvent, Case, Clinic, LesionImage, Outcome, Patient
+from analysis.models import MRN_TAKEN, Analysis, AuditEvent, Case, Clinic, LesionImage, Outcome, Patient
 from analysis.outcomes import AnalysisNotDone, not_done_message, record_outcome
 from analysis.permissions import IsClinicAdmin, IsClinicMember
 from analysis.reports import tier_reason
@@ -214,11 +214,8 @@ class PatientSerializer(serializers.ModelSerializer):
 
     def validate_mrn(self, value: str) -> str:
         clinic = clinic_for(self.context["request"].user)
-        taken = Patient.objects.filter(clinic=clinic, mrn=value)
-        if self.instance is not None:
-            taken = taken.exclude(pk=self.instance.pk)
-        if taken.exists():
-            raise serializers.ValidationError("A patient with this medical record number already exists.")
+        if Patient.mrn_taken(clinic, value, other_than=self.instance.pk if self.instance else None):
+            raise serializers.ValidationError(MRN_TAKEN)
         return value
 
     def validate_date_of_birth(self, value):

@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from analysis.classes import CLASS_CODES, CLASS_NAMES
-from analysis.models import Analysis, AuditEvent, Case, Outcome, Patient
+from analysis.models import MRN_TAKEN, Analysis, AuditEvent, Case, Outcome, Patient
 from analysis.outcomes import WHICH_CLASS
 from analysis.services import CLOSED_CASE
 from analysis.uploads import UploadRejected, validate_image_file
@@ -32,9 +32,8 @@ class PatientForm(forms.ModelForm):
     def clean_mrn(self) -> str:
         # The clinic is not a form field, so the model's unique (clinic, mrn) constraint is checked here.
         mrn = self.cleaned_data["mrn"].strip()
-        taken = Patient.objects.filter(clinic=self.instance.clinic, mrn__iexact=mrn).exclude(pk=self.instance.pk)
-        if taken.exists():
-            raise forms.ValidationError("Another patient of this clinic already has this medical record number.")
+        if Patient.mrn_taken(self.instance.clinic, mrn, other_than=self.instance.pk):
+            raise forms.ValidationError(MRN_TAKEN)
         return mrn
 
 

@@ -21,6 +21,7 @@ from django.core.files.base import ContentFile
 from django.db import models, transaction
 from django.db.models import F, OuterRef, Prefetch, Q, Subquery
 from django.db.models.fields.files import ImageFieldFile
+from django.db.models.functions import Lower
 from django.utils import timezone
 from PIL import Image
 
@@ -87,6 +88,9 @@ class Membership(models.Model):
         return f"{self.user} ({self.get_role_display()}, {self.clinic})"
 
 
+MRN_TAKEN = "Another patient of this clinic already has this medical record number."
+
+
 class Patient(models.Model):
     clinic_lookup = "clinic"
 
@@ -107,11 +111,23 @@ class Patient(models.Model):
     class Meta:
         ordering = ["name", "mrn"]
         constraints = [
-            models.UniqueConstraint(fields=["clinic", "mrn"], name="unique_mrn_per_clinic"),
+            # One patient per record number in a clinic, whatever the case it was typed in: mrn-1 is MRN-1.
+            models.UniqueConstraint(
+                Lower("mrn"),
+                "clinic",
+                name="unique_mrn_per_clinic_any_case",
+                violation_error_message=MRN_TAKEN,
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.mrn})"
+
+    @classmethod
+    def mrn_taken(cls, clinic: "Clinic", mrn: str, other_than: int | None = None) -> bool:
+        """Whether a patient of ``clinic`` other than ``other_than`` has ``mrn``, in any case: the page's, the API's
+        and the database's one rule."""
+        return cls.objects.filter(clinic=clinic, mrn__iexact=mrn).exclude(pk=other_than).exists()
 
     def history(self) -> models.QuerySet["Case"]:
         """Every case, its images and their analyses, oldest first, in three queries whatever

@@ -202,14 +202,19 @@ def test_a_patient_without_date_of_birth_or_sex_is_stored_as_the_page_and_the_mo
     assert response.json()["date_of_birth"] is None
 
 
-def test_a_duplicate_mrn_in_the_clinic_is_400_naming_mrn(api, patient):
+@pytest.mark.parametrize("typed", ["same", "other case", "spaces around"])
+def test_a_duplicate_mrn_in_the_clinic_is_400_naming_mrn_whatever_its_case(api, patient, typed):
+    patient.mrn = "Mrn-4711"
+    patient.save()
+    mrn = {"same": "Mrn-4711", "other case": "mRN-4711", "spaces around": "  MRN-4711 "}[typed]
     response = api.post(
         "/api/patients/",
-        {"mrn": patient.mrn, "name": "Someone", "date_of_birth": "1970-01-01", "sex": "male"},
+        {"mrn": mrn, "name": "Someone", "date_of_birth": "1970-01-01", "sex": "male"},
         format="json",
     )
     assert response.status_code == 400
-    assert "mrn" in response.json()
+    assert response.json()["mrn"] == ["Another patient of this clinic already has this medical record number."]
+    assert Patient.objects.count() == 1
 
 
 def test_the_same_mrn_in_another_clinic_is_fine(outsider_api, patient):

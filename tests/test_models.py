@@ -31,6 +31,14 @@ def test_mrn_is_unique_within_a_clinic():
     assert Patient.objects.filter(mrn="A-1").count() == 1
 
 
+def test_the_database_takes_an_mrn_in_another_case_for_the_same_one():
+    patient = PatientFactory(mrn="abc-1")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PatientFactory(clinic=patient.clinic, mrn="ABC-1")
+    assert Patient.mrn_taken(patient.clinic, "Abc-1") and not Patient.mrn_taken(patient.clinic, "Abc-1", patient.pk)
+    assert not Patient.mrn_taken(ClinicFactory(), "abc-1")
+
+
 def test_two_clinics_may_use_the_same_mrn():
     PatientFactory(mrn="A-1")
     PatientFactory(mrn="A-1", clinic=ClinicFactory())
