@@ -15,7 +15,7 @@ from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
-from django.db.models import F, Prefetch
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -546,10 +546,8 @@ class AnalysisSerializer(serializers.ModelSerializer):
     @extend_schema_field(ConfirmedDiagnosisSerializer(allow_null=True))
     def get_confirmed_diagnosis(self, analysis: Analysis) -> dict | None:
         """What a biopsy, follow-up or experts found, once recorded (the latest entry counts); null before."""
-        history = getattr(analysis, "outcome_history", None)
-        if history is None:
-            history = list(analysis.outcomes.all()[:1])
-        return ConfirmedDiagnosisSerializer(history[0]).data if history else None
+        latest = next(iter(analysis.outcomes.all()), None)  # prefetched, latest first (Outcome's ordering)
+        return ConfirmedDiagnosisSerializer(latest).data if latest else None
 
     def get_tier_reason(self, analysis: Analysis) -> str:
         """Why the result is in its tier, in words, where the most likely class alone would tell another story
@@ -646,7 +644,7 @@ class AnalysisViewSet(AuditedMixin, viewsets.ReadOnlyModelViewSet):
         return (
             for_clinic(self.request.user, Analysis)
             .select_related("image__case__patient__clinic")
-            .prefetch_related(Prefetch("outcomes", queryset=Outcome.objects.all(), to_attr="outcome_history"))
+            .prefetch_related("outcomes")
         )
 
     @extend_schema(

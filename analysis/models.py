@@ -678,9 +678,13 @@ class OutcomeQuerySet(models.QuerySet):
     def delete(self):
         raise AppendOnlyError("a confirmed diagnosis is never deleted: record a correction instead")
 
+    def of_analysis(self, analysis) -> "OutcomeQuerySet":
+        """An analysis's entries (``analysis`` may be an ``OuterRef``), the one that counts first: the latest."""
+        return self.filter(analysis=analysis).order_by(*Outcome._meta.ordering)
+
     def with_current(self) -> "OutcomeQuerySet":
         """Each entry with `current_pk`, the id of the entry that counts for its analysis (the latest one)."""
-        latest = Outcome.objects.filter(analysis=OuterRef("analysis")).order_by("-recorded_at", "-pk").values("pk")
+        latest = Outcome.objects.of_analysis(OuterRef("analysis")).values("pk")
         return self.annotate(current_pk=Subquery(latest[:1]))
 
     def current(self) -> "OutcomeQuerySet":

@@ -77,7 +77,7 @@ LIST_FIELDS = [
 
 def _analyses(user):
     # The confirmed diagnosis that counts (the latest entry), in the same query as the rows.
-    latest = Outcome.objects.filter(analysis=OuterRef("pk")).order_by("-recorded_at", "-pk")
+    latest = Outcome.objects.of_analysis(OuterRef("pk"))
     return for_clinic(
         user,
         Analysis.objects.select_related("image__case__patient")
